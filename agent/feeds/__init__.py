@@ -1,0 +1,1 @@
+"""Market-data sources of the feed role: simulated market, replay (recordings, IB CSV), upstream agent."""

@@ -1,0 +1,175 @@
+"""The agent's typed settings: defaults < TOML file < environment (``SPY_*``) < command line.
+
+Only this module reads the environment. ``load_settings`` validates everything at start and raises
+``ConfigError`` with messages that say which setting is wrong and why.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ROLES = ("feed", "detector", "executor")
+Role = Literal["feed", "detector", "executor"]
+FeedKind = Literal["sim", "replay", "upstream"]
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message lists every problem in terms a user can act on."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SimSettings(_Section):
+    seed: int = Field(7, description="random seed: the same seed and start replay the same market")
+    spot: float = Field(590.0, gt=1.0, lt=100_000.0, description="SPY level at the start")
+    strikes_each_side: int = Field(25, ge=3, le=200, description="$1 strikes each side of the money")
+    step_ms: int = Field(250, ge=10, le=60_000, description="market-time step of the simulation")
+    anomaly_rate_per_min: float = Field(0.0, ge=0.0, le=600.0, description="injected anomalies per minute")
+    labels_path: Path | None = Field(None, description="JSONL file for ground-truth anomaly labels")
+
+
+class ReplaySettings(_Section):
+    path: Path | None = Field(None, description="recording (.spyrec) or IB chain CSV to play back")
+    pace: Literal["recorded", "fast"] = Field("recorded", description="recorded pace or as fast as possible")
+
+
+class ClockSettings(_Section):
+    speed: float = Field(1.0, gt=0.0, le=10_000.0, description="market seconds per wall second")
+    start: str | None = Field(None, description="start the market clock at HH:MM New York time")
+    date: dt.date | None = Field(None, description="session date (default: today, or the next session)")
+
+    @field_validator("start")
+    @classmethod
+    def _hhmm(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            dt.time.fromisoformat(v)
+        except ValueError:
+            raise ValueError(f"expected HH:MM (New York time), got {v!r}") from None
+        return v
+
+
+class ServerSettings(_Section):
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 picks a free one)")
+    buffer_size: int = Field(20_000, ge=100, le=5_000_000, description="events kept for resuming clients")
+    max_pending: int = Field(
+        5_000, ge=10, le=1_000_000, description="undelivered events before a client is cut"
+    )
+
+
+def _default_agent_id() -> str:
+    return socket.gethostname().split(".")[0] or "agent"
+
+
+class AgentSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SPY_", env_nested_delimiter="__", extra="forbid", frozen=True, toml_file=None
+    )
+
+    agent_id: str = Field(default_factory=_default_agent_id, min_length=1, max_length=64)
+    roles: tuple[Role, ...] = ("feed",)
+    feed: FeedKind = "sim"
+    upstream: str | None = Field(None, description="host:port of the agent whose stream feeds this one")
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    sim: SimSettings = SimSettings()
+    replay: ReplaySettings = ReplaySettings()
+    clock: ClockSettings = ClockSettings()
+    server: ServerSettings = ServerSettings()
+
+    @field_validator("roles", mode="before")
+    @classmethod
+    def _split_roles(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return tuple(r.strip() for r in v.split(",") if r.strip())
+        return v
+
+    @field_validator("upstream")
+    @classmethod
+    def _hostport(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected host:port, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AgentSettings:
+        if len(set(self.roles)) != len(self.roles):
+            raise ValueError(f"roles listed twice: {','.join(self.roles)}")
+        if self.feed == "upstream" and not self.upstream:
+            raise ValueError("feed 'upstream' needs --upstream host:port (SPY_UPSTREAM)")
+        if self.feed == "replay" and self.replay.path is None:
+            raise ValueError("feed 'replay' needs a file: --replay FILE (SPY_REPLAY__PATH)")
+        if self.replay.path is not None and not self.replay.path.is_file():
+            raise ValueError(f"replay file {self.replay.path} does not exist")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "settings"
+        msg = e["msg"].removeprefix("Value error, ")
+        got = e.get("input")
+        shown = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
+        lines.append(f"  {where}: {msg}{shown}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> AgentSettings:
+    """Settings from defaults, an optional TOML file, ``SPY_*`` variables and ``overrides``.
+
+    ``overrides`` holds command-line values; nested sections are dicts (``sim={"seed": 3}``). None
+    values are ignored, so unset options do not mask the file or the environment.
+    """
+    if config_file is not None and not config_file.is_file():
+        raise ConfigError(f"configuration file {config_file} does not exist")
+    clean: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if v is not None}
+            if not value:
+                continue
+        if value is not None:
+            clean[key] = value
+
+    class _FromFile(AgentSettings):
+        model_config = SettingsConfigDict(toml_file=config_file)
+
+    try:
+        # init values win over env and file; sources are deep-merged, so sim={"seed": 3} keeps the
+        # file's other sim settings
+        settings: AgentSettings = _FromFile(**clean)
+        return settings
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err)) from None
+    except (OSError, ValueError) as err:  # unreadable or malformed TOML
+        raise ConfigError(f"cannot read configuration: {err}") from None

@@ -1,0 +1,70 @@
+"""The agent's current state, folded from its own events: what a snapshot carries.
+
+Every event published on the log is applied here, in order, on the agent's event loop, so a snapshot
+taken between two publishes is exactly the state as of ``as_of_seq``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field, replace
+
+from agent.domain import ChainBook, ChainUpdate, Health, Notice, Payload, UnderlyingTick
+
+RECENT_NOTICES = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything a client needs to draw its screen, consistent as of ``as_of_seq``."""
+
+    agent_id: str
+    incarnation: str
+    as_of_seq: int
+    ts_ns: int
+    underlying: UnderlyingTick | None
+    chain: ChainUpdate | None
+    health: Health | None
+    recent_notices: tuple[Notice, ...]
+
+
+@dataclass
+class AgentState:
+    agent_id: str
+    incarnation: str
+    last_seq: int = 0
+    last_ts_ns: int = 0
+    underlying: UnderlyingTick | None = None
+    book: ChainBook = field(default_factory=ChainBook)
+    health: Health | None = None
+    notices: deque[Notice] = field(default_factory=lambda: deque(maxlen=RECENT_NOTICES))
+
+    def apply(self, seq: int, ts_ns: int, payload: Payload) -> None:
+        self.last_seq, self.last_ts_ns = seq, ts_ns
+        if isinstance(payload, ChainUpdate):
+            self.book.apply(payload)
+            if payload.underlying_tick is not None:
+                self.underlying = payload.underlying_tick
+        elif isinstance(payload, UnderlyingTick):
+            self.underlying = payload
+            self.book.underlying = payload.last
+        elif isinstance(payload, Notice):
+            self.notices.append(payload)
+        elif isinstance(payload, Health):
+            self.health = payload
+
+    def snapshot(self) -> Snapshot:
+        chain = self.book.as_update() if self.book.expiry else None
+        if chain is not None and self.underlying is not None and not math.isfinite(chain.underlying):
+            chain = replace(chain, underlying=self.underlying.last)
+        return Snapshot(
+            agent_id=self.agent_id,
+            incarnation=self.incarnation,
+            as_of_seq=self.last_seq,
+            ts_ns=self.last_ts_ns,
+            underlying=self.underlying,
+            chain=chain,
+            health=self.health,
+            recent_notices=tuple(self.notices),
+        )

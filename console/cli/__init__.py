@@ -1,0 +1,1 @@
+"""``spyctl``: the scriptable operator CLI."""

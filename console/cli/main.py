@@ -1,0 +1,206 @@
+"""``spyctl``: status, streams and recordings of agents; runs agents too.
+
+Exit codes: 0 ok, 2 bad arguments, 3 agent unreachable, 4 agent refused the request, 5 stream ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from console.cli import output
+from console.client import (
+    AgentClient,
+    AgentRequestError,
+    AgentUnreachable,
+    ClientError,
+    ConnectionEvent,
+    ConnectionState,
+    ResumingStream,
+)
+from console.format import ny_time
+from proto.recording import RecordingWriter
+from proto.spyops.v1 import spyops_pb2 as pb
+
+app = typer.Typer(no_args_is_help=True, help="Operate SPY 0DTE agents from the command line.")
+
+T = TypeVar("T")
+AgentOpt = Annotated[str, typer.Option("--agent", "-a", envvar="SPYCTL_AGENT", help="agent host:port")]
+TopicOpt = Annotated[list[str] | None, typer.Option("--topic", "-t", help="topic to follow (repeatable)")]
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run one async command, translating client errors into exit codes."""
+    try:
+        return asyncio.run(coro)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    except AgentUnreachable as exc:
+        output.fail(str(exc))
+        raise typer.Exit(output.UNREACHABLE) from None
+    except AgentRequestError as exc:
+        output.fail(str(exc))
+        raise typer.Exit(output.REFUSED) from None
+    except ClientError as exc:
+        output.fail(str(exc))
+        raise typer.Exit(output.USAGE) from None
+
+
+def _client(agent: str) -> AgentClient:
+    try:
+        return AgentClient(agent)
+    except ClientError as exc:
+        output.fail(str(exc))
+        raise typer.Exit(output.USAGE) from None
+
+
+@app.command()
+def status(
+    agent: AgentOpt = "127.0.0.1:50051",
+    json_out: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Agent identity, clock, roles, stream position and health."""
+
+    async def go() -> tuple[pb.AgentInfo, str]:
+        async with _client(agent) as c:
+            return await c.info(), await c.health()
+
+    info, health = run(go())
+    if json_out:
+        output.print_json_line({**output.message_dict(info), "health": health})
+        return
+    output.print_kv(
+        f"agent {info.agent_id} at {agent}",
+        [
+            ("health", health),
+            ("version", info.version),
+            ("roles", ", ".join(info.roles) or "-"),
+            ("feed", info.feed or "-"),
+            ("session", f"{info.session_date} (closes {ny_time(info.session_close_ns)} NY)"),
+            ("market clock", f"{ny_time(info.clock_ns, with_date=True)} NY at {info.clock_speed:g}x"),
+            ("events", f"seq {info.last_seq} (replayable from {info.oldest_seq})"),
+            ("incarnation", info.incarnation),
+            ("stream clients", str(info.clients)),
+            ("upstream", info.upstream or "-"),
+        ],
+    )
+
+
+def _summary(env: pb.Envelope) -> str:
+    kind = env.WhichOneof("payload") or "?"
+    head = f"{env.seq:>8} {ny_time(env.ts_ns)} {kind:<10}"
+    if kind == "chain":
+        c = env.chain
+        return f"{head} {c.expiry} {len(c.quotes)} quotes{' (full)' if c.full else ''} und {c.underlying:.2f}"
+    if kind == "underlying":
+        return f"{head} {env.underlying.symbol} {env.underlying.last:.2f}"
+    if kind == "notice":
+        return f"{head} {env.notice.level} {env.notice.code}: {env.notice.message}"
+    if kind == "snapshot":
+        return f"{head} as of seq {env.snapshot.as_of_seq}, {len(env.snapshot.chain.quotes)} quotes"
+    if kind == "health":
+        return f"{head} " + ", ".join(f"{c.name}={c.status}" for c in env.health.components)
+    return head
+
+
+def _report_state(e: ConnectionEvent) -> None:
+    if e.state is not ConnectionState.LIVE:
+        output.stderr.print(f"[yellow]{e.target}: {e.state.value}: {e.detail}[/]", highlight=False)
+
+
+@app.command()
+def stream(
+    agent: AgentOpt = "127.0.0.1:50051",
+    topic: TopicOpt = None,
+    from_seq: Annotated[int, typer.Option("--from-seq", help="resume at this seq (0: snapshot first)")] = 0,
+    count: Annotated[int, typer.Option(help="stop after this many events (0: follow forever)")] = 0,
+    json_out: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+) -> None:
+    """Print the agent's events as they happen (resumes across disconnects without gaps)."""
+    if from_seq < 0 or count < 0:
+        output.fail("--from-seq and --count must be >= 0")
+        raise typer.Exit(output.USAGE)
+
+    async def go() -> None:
+        async with _client(agent) as c:
+            s = ResumingStream(
+                c, topics=topic or (), from_seq=from_seq, on_state=_report_state, client_name="spyctl"
+            )
+            n = 0
+            async for env in s:
+                if json_out:
+                    output.print_json_line(output.message_dict(env))
+                else:
+                    sys.stdout.write(_summary(env) + "\n")
+                n += 1
+                if count and n >= count:
+                    break
+            sys.stdout.flush()
+
+    run(go())
+
+
+@app.command()
+def record(
+    file: Annotated[Path, typer.Argument(help="recording to write (replay it with spy-agent --replay FILE)")],
+    agent: AgentOpt = "127.0.0.1:50051",
+    count: Annotated[int, typer.Option(help="stop after this many events (0: until interrupted)")] = 0,
+    duration: Annotated[
+        float, typer.Option(help="stop after this many seconds (0: until interrupted)")
+    ] = 0.0,
+) -> None:
+    """Write the agent's stream losslessly to FILE, resuming across disconnects."""
+    if count < 0 or duration < 0:
+        output.fail("--count and --duration must be >= 0")
+        raise typer.Exit(output.USAGE)
+    try:
+        writer = RecordingWriter(file)
+    except OSError as exc:
+        output.fail(f"cannot write {file}: {exc}")
+        raise typer.Exit(output.USAGE) from None
+
+    async def go() -> None:
+        async with _client(agent) as c:
+            s = ResumingStream(c, lossless=True, on_state=_report_state, client_name="spyctl-record")
+            deadline = time.monotonic() + duration if duration else None
+            async for env in s:
+                writer.write(env)
+                if count and writer.count >= count:
+                    break
+                if deadline and time.monotonic() >= deadline:
+                    break
+                if writer.count % 256 == 0:
+                    writer.flush()
+
+    async def bounded() -> None:
+        if duration:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(go(), timeout=duration + 5.0)
+        else:
+            await go()
+
+    try:
+        run(bounded())
+    finally:
+        writer.close()
+        output.stderr.print(f"recorded {writer.count} events to {file}", highlight=False)
+
+
+def _register_agent_command() -> None:
+    from agent.cli import agent_command
+
+    app.command("agent", help="Run an agent (same options as spy-agent).")(agent_command)
+
+
+_register_agent_command()
+
+
+def main() -> None:
+    app()
