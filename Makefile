@@ -34,6 +34,7 @@ typecheck: $(STAMP)
 
 ## Benchmarks: print throughput and latency figures (not pass/fail).
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m pytest tests/bench -m bench -s -p no:cacheprovider $(PYTEST_ARGS)
 
 ## Regenerate the Python code of the wire contract after editing proto/spyops/v1/spyops.proto.

@@ -111,7 +111,7 @@ def _summary(env: pb.Envelope) -> str:
 
 
 def _report_state(e: ConnectionEvent) -> None:
-    if e.state is not ConnectionState.LIVE:
+    if e.state in (ConnectionState.RECONNECTING, ConnectionState.FAILED):
         output.stderr.print(f"[yellow]{e.target}: {e.state.value}: {e.detail}[/]", highlight=False)
 
 
@@ -134,14 +134,15 @@ def stream(
                 c, topics=topic or (), from_seq=from_seq, on_state=_report_state, client_name="spyctl"
             )
             n = 0
-            async for env in s:
-                if json_out:
-                    output.print_json_line(output.message_dict(env))
-                else:
-                    sys.stdout.write(_summary(env) + "\n")
-                n += 1
-                if count and n >= count:
-                    break
+            async with contextlib.aclosing(s.__aiter__()) as envelopes:
+                async for env in envelopes:
+                    if json_out:
+                        output.print_json_line(output.message_dict(env))
+                    else:
+                        sys.stdout.write(_summary(env) + "\n")
+                    n += 1
+                    if count and n >= count:
+                        break
             sys.stdout.flush()
 
     run(go())
@@ -170,14 +171,15 @@ def record(
         async with _client(agent) as c:
             s = ResumingStream(c, lossless=True, on_state=_report_state, client_name="spyctl-record")
             deadline = time.monotonic() + duration if duration else None
-            async for env in s:
-                writer.write(env)
-                if count and writer.count >= count:
-                    break
-                if deadline and time.monotonic() >= deadline:
-                    break
-                if writer.count % 256 == 0:
-                    writer.flush()
+            async with contextlib.aclosing(s.__aiter__()) as envelopes:
+                async for env in envelopes:
+                    writer.write(env)
+                    if count and writer.count >= count:
+                        break
+                    if deadline and time.monotonic() >= deadline:
+                        break
+                    if writer.count % 256 == 0:
+                        writer.flush()
 
     async def bounded() -> None:
         if duration:

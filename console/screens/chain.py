@@ -34,20 +34,16 @@ def _side(q: pb.OptionQuote | None, field: str) -> str:
     return size(q.volume)
 
 
-def ladder_cells(view: AgentView, strike: float, atm: bool) -> list[str | Text]:
+def ladder_cells(view: AgentView, strike: float, atm: bool) -> list[Text]:
     c = view.quotes.get((strike, CALL))
     p = view.quotes.get((strike, PUT))
-    label = Text(f"{strike:g}", style="bold reverse" if atm else "bold")
+    label = Text(f"{strike:g}", style="bold reverse" if atm else "bold", justify="center")
+    cells = [_side(c, "vol"), _side(c, "size"), _side(c, "bid"), _side(c, "ask")]
+    puts = [_side(p, "bid"), _side(p, "ask"), _side(p, "size"), _side(p, "vol")]
     return [
-        _side(c, "vol"),
-        _side(c, "size"),
-        _side(c, "bid"),
-        _side(c, "ask"),
+        *(Text(x, justify="right") for x in cells),
         label,
-        _side(p, "bid"),
-        _side(p, "ask"),
-        _side(p, "size"),
-        _side(p, "vol"),
+        *(Text(x, justify="right") for x in puts),
     ]
 
 
@@ -114,7 +110,7 @@ class ChainScreen(Screen[None]):
         self._draw_notices()
         self.frames += 1
 
-    def _rebuild(self, table: DataTable[str | Text], atm: float | None) -> None:
+    def _rebuild(self, table: DataTable[Text], atm: float | None) -> None:
         self._atm = atm
         self._strikes = self._window()
         cursor = table.cursor_row
