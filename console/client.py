@@ -12,7 +12,7 @@ import asyncio
 import enum
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -208,7 +208,7 @@ class ResumingStream:
         self.last_seq = env.seq
         return True
 
-    async def __aiter__(self) -> AsyncIterator[pb.Envelope]:
+    async def __aiter__(self) -> AsyncGenerator[pb.Envelope, None]:
         self._emit(ConnectionState.CONNECTING, f"connecting to {self.client.target}")
         while True:
             from_seq = self.last_seq + 1 if (self.last_seq or self._started) else 0
