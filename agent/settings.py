@@ -9,11 +9,12 @@ from __future__ import annotations
 import datetime as dt
 import socket
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -82,7 +83,7 @@ class AgentSettings(BaseSettings):
     )
 
     agent_id: str = Field(default_factory=_default_agent_id, min_length=1, max_length=64)
-    roles: tuple[Role, ...] = ("feed",)
+    roles: Annotated[tuple[Role, ...], NoDecode] = ("feed",)  # "feed,detector" in env and CLI
     feed: FeedKind = "sim"
     upstream: str | None = Field(None, description="host:port of the agent whose stream feeds this one")
     log_format: Literal["text", "json"] = "text"
