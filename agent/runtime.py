@@ -21,12 +21,13 @@ from agent.feeds.replay import ReplaySource, open_replay
 from agent.feeds.upstream import UpstreamFeed
 from agent.server import AgentIdentity, AgentServicer, RunningServer, start_server
 from agent.session import NEW_YORK, Session, session, session_on_or_after, to_ns, today_new_york
-from agent.settings import AgentSettings
+from agent.settings import AgentSettings, ConfigError
 
 log = logging.getLogger(__name__)
 
 HEALTH_INTERVAL_S = 2.0
 DEMO_DEFAULT_START = "10:30"
+AVAILABLE_ROLES = frozenset({"feed"})  # the detector and executor roles are not built yet
 
 
 def choose_session_and_clock(
@@ -59,6 +60,12 @@ def _ny(t: dt.datetime) -> str:
 
 class AgentRuntime:
     def __init__(self, settings: AgentSettings) -> None:
+        missing = sorted(set(settings.roles) - AVAILABLE_ROLES)
+        if missing:
+            raise ConfigError(
+                f"role(s) {', '.join(missing)} not available in this version; available: "
+                f"{', '.join(sorted(AVAILABLE_ROLES))}"
+            )
         self.settings = settings
         self.incarnation = uuid.uuid4().hex[:12]
         self.replay: ReplaySource | None = None
