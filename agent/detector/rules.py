@@ -1,0 +1,360 @@
+"""Static no-arbitrage rules on executable quotes (bid when selling, ask when buying), after costs.
+
+Every rule is exact over *all* strike combinations yet linear (or near-linear) in the number of
+strikes, so that a 300-strike chain is checked in well under a millisecond:
+
+* put-call parity (American, no dividend before expiry): ``S - K <= C - P <= S - K D``;
+* box (American, from the parity bounds at two strikes): ``K2 D - K1 <= box <= K2 - K1 D``; the
+  conditions separate into a term of ``K1`` and one of ``K2``, so a prefix maximum finds the best
+  partner of every strike;
+* verticals: monotonicity ``C(K1) >= C(K2)``, ``P(K2) >= P(K1)`` and slope bounds
+  ``C(K1) - C(K2) <= K2 - K1``, ``P(K2) - P(K1) <= K2 - K1`` (valid for American options), for every
+  pair, by prefix minima/maxima;
+* butterflies (convexity in strike, American too): the body is sold at its bid against the cheapest
+  pair of wings around it, i.e. the lower convex hull of the other strikes' asks evaluated at the
+  body's strike (one hull per right, rebuilt without the body only where the body is a vertex);
+* exercise value: a call offered below ``S_bid - K`` or a put below ``K - S_ask``.
+
+``D`` is a conservative discount factor (``max_rate`` over the calendar time to the close): a
+smaller ``D`` loosens the bounds. Violations against the underlying's quote (parity, exercise)
+must also hold against the chain-implied forward (``S ~ D F``), because the underlying tick can lag the option quotes; the reported edge is the smaller of the two.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.detector.signals import Finding, Leg, Severity, Side
+from agent.domain import Right
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True, slots=True)
+class Book:
+    """Executable quotes per strike: bids ``-inf`` where they cannot be hit, asks ``+inf`` where they
+    cannot be lifted (missing, flagged or bad sides). Shape (2, n): row 0 calls, row 1 puts."""
+
+    strikes: FloatArray
+    bid: FloatArray
+    ask: FloatArray
+    bid_size: IntArray
+    ask_size: IntArray
+    multiplier: int
+    commission: float  # per contract per leg, dollars
+    stock_cost: float  # per share, dollars
+    min_edge: float  # per unit, dollars
+    discount: float  # conservative discount factor to expiry
+    und_bid: float = math.nan
+    und_ask: float = math.nan
+    forward_spot: float = math.nan  # D * F from the chain, NaN if unknown
+
+
+@dataclass(frozen=True, slots=True)
+class _Combo:
+    kind: str
+    legs: tuple[tuple[int, int, Side, int], ...]  # (right row, strike index, side, quantity)
+    edge: float  # per unit, dollars, after costs
+    why: str
+
+
+def _prefix_argmin(v: FloatArray) -> tuple[FloatArray, IntArray]:
+    """For each j: ``min(v[:j])`` and its index (``inf``/-1 for j = 0)."""
+    n = v.size
+    out = np.full(n, np.inf)
+    arg = np.full(n, -1, np.int64)
+    if n < 2:
+        return out, arg
+    m = np.minimum.accumulate(v)
+    idx = np.maximum.accumulate(np.where(v == m, np.arange(n), 0))
+    out[1:], arg[1:] = m[:-1], idx[:-1]
+    return out, arg
+
+
+def _prefix_argmax(v: FloatArray) -> tuple[FloatArray, IntArray]:
+    m, arg = _prefix_argmin(-v)
+    return -m, arg
+
+
+def _combos_parity_intrinsic(b: Book) -> list[_Combo]:
+    out: list[_Combo] = []
+    if not (math.isfinite(b.und_bid) and math.isfinite(b.und_ask) and math.isfinite(b.forward_spot)):
+        return out
+    m = b.multiplier
+    c = b.commission / m
+    s_cost = b.stock_cost
+    k = b.strikes
+    d = b.discount
+    cb, pb = b.bid
+    ca, pa = b.ask
+    fs = b.forward_spot
+    with np.errstate(invalid="ignore"):
+        # conversion: sell call, buy put, buy stock: C - P <= S - K D (at the quote and the forward)
+        e_rich = (cb - pa) - (max(b.und_ask, fs) - k * d) - 2 * c - s_cost
+        # reversal: buy call, sell put, sell stock: C - P >= S - K
+        e_cheap = (min(b.und_bid, fs) - k) - (ca - pb) - 2 * c - s_cost
+        # exercise value: buy the option and exercise against the stock
+        call_ex = (min(b.und_bid, fs) - k) - ca - c - s_cost
+        put_ex = (k - max(b.und_ask, fs)) - pa - c - s_cost
+    thr = b.min_edge / m
+    for j in np.flatnonzero(e_rich > thr).tolist():
+        why = (
+            f"synthetic rich at {k[j]:g}: call bid {cb[j]:.2f} - put ask {pa[j]:.2f} exceeds "
+            f"S ask {b.und_ask:.2f} - K*D (forward S~{fs:.2f})"
+        )
+        out.append(_Combo("parity", ((0, j, "SELL", 1), (1, j, "BUY", 1)), float(e_rich[j]) * m, why))
+    for j in np.flatnonzero(e_cheap > thr).tolist():
+        why = (
+            f"synthetic cheap at {k[j]:g}: call ask {ca[j]:.2f} - put bid {pb[j]:.2f} below "
+            f"S bid {b.und_bid:.2f} - K (forward S~{fs:.2f})"
+        )
+        out.append(_Combo("parity", ((0, j, "BUY", 1), (1, j, "SELL", 1)), float(e_cheap[j]) * m, why))
+    for j in np.flatnonzero(call_ex > thr).tolist():
+        why = f"call {k[j]:g} offered at {ca[j]:.2f}, below its exercise value {b.und_bid - k[j]:.2f}"
+        out.append(_Combo("intrinsic", ((0, j, "BUY", 1),), float(call_ex[j]) * m, why))
+    for j in np.flatnonzero(put_ex > thr).tolist():
+        why = f"put {k[j]:g} offered at {pa[j]:.2f}, below its exercise value {k[j] - b.und_ask:.2f}"
+        out.append(_Combo("intrinsic", ((1, j, "BUY", 1),), float(put_ex[j]) * m, why))
+    return out
+
+
+def _combos_box(b: Book) -> list[_Combo]:
+    m, k, d = b.multiplier, b.strikes, b.discount
+    c4 = 4 * b.commission / m
+    cb, pb = b.bid
+    ca, pa = b.ask
+    thr = b.min_edge / m
+    out: list[_Combo] = []
+    with np.errstate(invalid="ignore"):
+        # long box (buy C1, sell C2, buy P2, sell P1) costs at least K2 D - K1
+        left_long, arg_long = _prefix_argmax(pb - ca - k)
+        e_long = left_long + (cb - pa + k * d) - c4
+        # short box (sell C1, buy C2, sell P2, buy P1) pays at most K2 - K1 D
+        left_short, arg_short = _prefix_argmax(cb - pa + k * d)
+        e_short = left_short + (pb - ca - k) - c4
+    for j in np.flatnonzero(e_long > thr):
+        i = int(arg_long[j])
+        why = f"long box {k[i]:g}/{k[j]:g} costs less than its American floor K2*D - K1"
+        legs: tuple[tuple[int, int, Side, int], ...] = (
+            (0, i, "BUY", 1),
+            (0, int(j), "SELL", 1),
+            (1, int(j), "BUY", 1),
+            (1, i, "SELL", 1),
+        )
+        out.append(_Combo("box", legs, float(e_long[j]) * m, why))
+    for j in np.flatnonzero(e_short > thr):
+        i = int(arg_short[j])
+        why = f"short box {k[i]:g}/{k[j]:g} pays more than its American cap K2 - K1*D"
+        legs = ((0, i, "SELL", 1), (0, int(j), "BUY", 1), (1, int(j), "SELL", 1), (1, i, "BUY", 1))
+        out.append(_Combo("box", legs, float(e_short[j]) * m, why))
+    return out
+
+
+def _combos_vertical(b: Book) -> list[_Combo]:
+    m, k = b.multiplier, b.strikes
+    c2 = 2 * b.commission / m
+    thr = b.min_edge / m
+    out: list[_Combo] = []
+    cb, pb = b.bid
+    ca, pa = b.ask
+    with np.errstate(invalid="ignore"):
+        # calls, i < j: C(i) >= C(j): buy C(i) at ask, sell C(j) at bid
+        best, arg = _prefix_argmin(ca)
+        e = cb - best - c2
+        for j in np.flatnonzero(e > thr):
+            i = int(arg[j])
+            why = f"call {k[j]:g} bid {cb[j]:.2f} above call {k[i]:g} ask {ca[i]:.2f} (calls must fall with strike)"
+            out.append(_Combo("vertical", ((0, int(j), "SELL", 1), (0, i, "BUY", 1)), float(e[j]) * m, why))
+        # calls, i < j: C(i) - C(j) <= K(j) - K(i): sell C(i), buy C(j)
+        best, arg = _prefix_argmax(cb + k)
+        e = best - (ca + k) - c2
+        for j in np.flatnonzero(e > thr):
+            i = int(arg[j])
+            why = f"call spread {k[i]:g}/{k[j]:g} bid {cb[i] - ca[j]:.2f} above its width {k[j] - k[i]:g}"
+            out.append(_Combo("vertical", ((0, i, "SELL", 1), (0, int(j), "BUY", 1)), float(e[j]) * m, why))
+        # puts, i < j: P(j) >= P(i): sell P(i) at bid, buy P(j) at ask
+        best, arg = _prefix_argmax(pb)
+        e = best - pa - c2
+        for j in np.flatnonzero(e > thr):
+            i = int(arg[j])
+            why = f"put {k[i]:g} bid {pb[i]:.2f} above put {k[j]:g} ask {pa[j]:.2f} (puts must rise with strike)"
+            out.append(_Combo("vertical", ((1, i, "SELL", 1), (1, int(j), "BUY", 1)), float(e[j]) * m, why))
+        # puts, i < j: P(j) - P(i) <= K(j) - K(i): sell P(j), buy P(i)
+        best, arg = _prefix_argmin(pa - k)
+        e = (pb - k) - best - c2
+        for j in np.flatnonzero(e > thr):
+            i = int(arg[j])
+            why = f"put spread {k[i]:g}/{k[j]:g} bid {pb[j] - pa[i]:.2f} above its width {k[j] - k[i]:g}"
+            out.append(_Combo("vertical", ((1, int(j), "SELL", 1), (1, i, "BUY", 1)), float(e[j]) * m, why))
+    return out
+
+
+def lower_hull(x: FloatArray, y: FloatArray, idx: IntArray) -> IntArray:
+    """Vertices (from ``idx``, ascending ``x``) of the lower convex hull of the points ``idx``.
+
+    Points on or above the chord of their neighbours are dropped, all at once, until none is:
+    a point above a chord of two others is never a vertex, so each pass keeps the same hull.
+    """
+    cur = idx
+    while cur.size > 2:
+        xs, ys = x[cur], y[cur]
+        xl, xm, xr = xs[:-2], xs[1:-1], xs[2:]
+        yl, ym, yr = ys[:-2], ys[1:-1], ys[2:]
+        chord = yl + (yr - yl) * (xm - xl) / (xr - xl)
+        drop = ym >= chord - 1e-12 * (1.0 + np.abs(chord))
+        if not drop.any():
+            break
+        keep = np.ones(cur.size, bool)
+        keep[1:-1] = ~drop
+        cur = cur[keep]
+    return cur
+
+
+def cheapest_wings(k: FloatArray, ask: FloatArray) -> tuple[IntArray, IntArray, FloatArray]:
+    """For every strike j: the wings ``i < j < m`` whose ask chord at ``K_j`` is lowest, and that
+    value (``inf``/-1 where no pair exists). Asks of ``inf`` are absent."""
+    n = k.size
+    left = np.full(n, -1, np.int64)
+    right = np.full(n, -1, np.int64)
+    val = np.full(n, np.inf)
+    pts = np.flatnonzero(np.isfinite(ask))
+    if pts.size < 2:
+        return left, right, val
+    hull = lower_hull(k, ask, pts)
+    hk = k[hull]
+    pos_r = np.searchsorted(hk, k, side="right")  # first hull vertex with K > K_j
+    pos_l = np.searchsorted(hk, k, side="left") - 1  # last hull vertex with K < K_j
+    ok = (pos_l >= 0) & (pos_r < hull.size)
+    j_ok = np.flatnonzero(ok)
+    u = hull[pos_l[j_ok]]
+    v = hull[pos_r[j_ok]]
+    left[j_ok], right[j_ok] = u, v
+    ku, kv = k[u], k[v]
+    val[j_ok] = ask[u] + (ask[v] - ask[u]) * (k[j_ok] - ku) / (kv - ku)
+    # where j is itself a vertex, points between u and v other than j may undercut the chord
+    pts_pos = np.searchsorted(pts, np.arange(n))
+    is_vertex = np.zeros(n, bool)
+    is_vertex[hull] = True
+    need = j_ok[is_vertex[j_ok]]
+    if need.size:
+        gap = np.searchsorted(pts, right[need]) - np.searchsorted(pts, left[need])
+        for j in need[gap > 2].tolist():
+            lo, hi = int(left[j]), int(right[j])
+            cand = pts[(pts >= lo) & (pts <= hi) & (pts != j)]
+            lc, rc = cand[k[cand] < k[j]], cand[k[cand] > k[j]]
+            chords = ask[lc][:, None] + (ask[rc][None, :] - ask[lc][:, None]) * (k[j] - k[lc][:, None]) / (
+                k[rc][None, :] - k[lc][:, None]
+            )
+            a, bb = np.unravel_index(int(np.argmin(chords)), chords.shape)
+            left[j], right[j], val[j] = lc[a], rc[bb], chords[a, bb]
+    del pts_pos
+    return left, right, val
+
+
+def _combos_butterfly(b: Book) -> list[_Combo]:
+    m, k = b.multiplier, b.strikes
+    c = b.commission / m
+    thr = b.min_edge / m
+    out: list[_Combo] = []
+    cents = np.rint(k * 100.0).astype(np.int64)
+    for r, name in ((0, "call"), (1, "put")):
+        bid = b.bid[r]
+        li, ri, chord = cheapest_wings(k, b.ask[r])
+        with np.errstate(invalid="ignore"):
+            e_ps = bid - chord - 2 * c  # per unit of the body
+        for j in np.flatnonzero(e_ps > thr).tolist():
+            i, mm = int(li[j]), int(ri[j])
+            qi, qm = int(cents[mm] - cents[j]), int(cents[j] - cents[i])
+            g = math.gcd(qi, qm)
+            qi, qm = qi // g, qm // g
+            qj = qi + qm
+            edge = (qj * bid[j] - qi * b.ask[r, i] - qm * b.ask[r, mm] - 2 * qj * c) * m
+            if edge <= b.min_edge:
+                continue
+            why = (
+                f"{name} butterfly {k[i]:g}/{k[j]:g}/{k[mm]:g}: body bid {bid[j]:.2f} above the wings' "
+                f"ask {chord[j]:.2f} at that strike (prices must be convex in strike)"
+            )
+            legs: tuple[tuple[int, int, Side, int], ...] = (
+                (r, j, "SELL", qj),
+                (r, i, "BUY", qi),
+                (r, mm, "BUY", qm),
+            )
+            out.append(_Combo("butterfly", legs, float(edge), why))
+    return out
+
+
+_SIMPLICITY = {"intrinsic": 0, "vertical": 1, "parity": 2, "butterfly": 3, "box": 4}
+
+
+def find_arbitrage(b: Book, *, fold: bool = True) -> tuple[list[Finding], int]:
+    """Every static arbitrage of the book, one finding per culprit contract and kind.
+
+    Combinations of a kind are grouped by the contract that appears in most of them (ties: the
+    first sold leg), keeping the best edge per group. With ``fold``, a finding whose culprit is a
+    leg of a finding of a simpler kind (intrinsic < vertical < parity < butterfly < box) is dropped:
+    one mispriced contract is one signal. Returns the findings and the number of violating
+    combinations before grouping.
+    """
+    combos = _combos_parity_intrinsic(b) + _combos_vertical(b) + _combos_butterfly(b) + _combos_box(b)
+    if not combos:
+        return [], 0
+    k = b.strikes
+    by_kind: dict[str, list[_Combo]] = {}
+    for cmb in combos:
+        by_kind.setdefault(cmb.kind, []).append(cmb)
+    kept: list[tuple[str, str, _Combo]] = []
+    covered: set[tuple[int, int]] = set()  # contracts that are legs of simpler findings
+    for kind in sorted(by_kind, key=lambda kd: _SIMPLICITY[kd]):
+        items = by_kind[kind]
+        counts: dict[tuple[int, int], int] = {}
+        for cmb in items:
+            for r, i, _, _ in cmb.legs:
+                counts[(r, i)] = counts.get((r, i), 0) + 1
+        groups: dict[str, tuple[_Combo, tuple[int, int]]] = {}
+        for cmb in items:
+            best = max(
+                cmb.legs,
+                key=lambda leg: (counts[(leg[0], leg[1])], (leg[0], leg[1]) in covered, leg[2] == "SELL"),
+            )
+            culprit = (best[0], best[1])
+            anchor = f"{k[best[1]]:g}" if kind == "parity" else f"{k[best[1]]:g}{'CP'[best[0]]}"
+            if anchor not in groups or cmb.edge > groups[anchor][0].edge:
+                groups[anchor] = (cmb, culprit)
+        new_cover: set[tuple[int, int]] = set()
+        for anchor, (cmb, culprit) in sorted(groups.items(), key=lambda item: -item[1][0].edge):
+            if fold and culprit in covered:
+                continue
+            kept.append((kind, anchor, cmb))
+            new_cover.update((r, i) for r, i, _, _ in cmb.legs)
+        covered |= new_cover
+    findings: list[Finding] = []
+    for kind, anchor, cmb in kept:
+        legs = tuple(_leg(b, r, i, side, q) for r, i, side, q in cmb.legs)
+        units = min((leg.displayed_size // max(leg.quantity, 1) for leg in legs), default=0)
+        findings.append(
+            Finding(
+                kind=kind,
+                anchor=anchor,
+                legs=legs,
+                edge=cmb.edge,
+                score=cmb.edge * max(units, 1),
+                explanation=f"{cmb.why}; edge ${cmb.edge:.2f}/unit after costs, {units} unit(s) shown",
+                severity=Severity.CRITICAL,
+                max_units=units,
+            )
+        )
+    return findings, len(combos)
+
+
+def _leg(b: Book, r: int, i: int, side: Side, qty: int) -> Leg:
+    buy = side == "BUY"
+    price = float(b.ask[r, i] if buy else b.bid[r, i])
+    size = int(b.ask_size[r, i] if buy else b.bid_size[r, i])
+    return Leg(float(b.strikes[i]), Right.CALL if r == 0 else Right.PUT, side, price, qty, size)

@@ -1,0 +1,138 @@
+"""The detector on the two real IB snapshots (tests/data): what it finds, each arbitrage explained."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.detector import ARBITRAGE_KINDS, Detector, DetectorConfig, Signal
+from agent.detector.engine import DetectorOutput
+from agent.domain import ChainUpdate, Right
+from agent.feeds.ib_csv import load_ib_csv
+from agent.pricing import implied_vol
+from agent.session import session, to_ns
+
+DATA = Path(__file__).resolve().parents[2] / "data"
+FILE_0317 = DATA / "ib_spy_chain_2025-03-17_1355ET.csv"
+FILE_0326 = DATA / "ib_spy_chain_2025-03-26_1555ET.csv"
+
+
+def detect(path: Path) -> tuple[ChainUpdate, DetectorOutput]:
+    (snap,) = load_ib_csv(path)
+    chain = snap.chains[0]  # the 0DTE expiry
+    day = session(dt.datetime.strptime(chain.expiry, "%Y%m%d").date())
+    out = Detector(DetectorConfig(), day).on_chain(chain, snap.underlying, snap.ts_ns)
+    return chain, out
+
+
+def raw_rows(path: Path) -> dict[tuple[float, str], dict[str, str]]:
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    expiry = min(r["lastTradeDateOrContractMonth"] for r in rows)
+    return {(float(r["strike"]), r["right"]): r for r in rows if r["lastTradeDateOrContractMonth"] == expiry}
+
+
+def test_0326_five_minutes_before_the_close_has_no_arbitrage_signal() -> None:
+    _, out = detect(FILE_0326)
+    assert [s for s in out.signals_changed if s.kind in (*ARBITRAGE_KINDS, "crossed")] == []
+
+
+def test_0317_arbitrage_signals_are_real_at_the_printed_quotes_but_legs_are_seconds_apart() -> None:
+    """Three findings, all from the 567-569 strikes, all real at the bids and asks *as printed*,
+    none of the kinds the data README checked (vertical, butterfly, intrinsic, crossed).
+
+    The call quotes were stamped at 17:54:54-55 UTC and the put quotes at 17:54:58: the
+    synthetic ``C - P`` drifts by about $0.10 across strikes with the underlying in those four
+    seconds, so a box or parity "arbitrage" appears between legs that were never quoted at the same
+    moment. The detector cannot tell from one snapshot whether the older quotes were still standing
+    (IB stamps a quote when it changes); these signals say what is there at the printed quotes.
+    """
+    _, out = detect(FILE_0317)
+    arb = {s.id: s for s in out.signals_changed if s.is_arbitrage}
+    assert set(arb) == {"parity:20250317:569", "parity:20250317:568", "box:20250317:567C"}
+    rows = raw_rows(FILE_0317)
+    com = 0.65 / 100
+    s = arb["parity:20250317:569"]
+    legs = {(leg.strike, leg.right): leg for leg in s.legs}
+    assert legs[(569.0, Right.CALL)].side == "BUY"
+    assert legs[(569.0, Right.PUT)].side == "SELL"
+    ca, pb = float(rows[(569.0, "C")]["ask"]), float(rows[(569.0, "P")]["bid"])
+    und = float(rows[(569.0, "C")]["undPrice"])
+    # reversal: buy the call, sell the put, short the stock at 567.18, deliver at 569 at expiry
+    edge = (und - 569.0) - (ca - pb) - 2 * com - 0.005
+    assert edge > 0
+    assert s.edge == pytest.approx(edge * 100, abs=0.02)
+    assert "box:20250317:567C" in arb
+    proceeds = (
+        float(rows[(567.0, "C")]["bid"])
+        - float(rows[(569.0, "C")]["ask"])
+        + float(rows[(569.0, "P")]["bid"])
+        - float(rows[(567.0, "P")]["ask"])
+    )
+    assert proceeds - 2.0 - 4 * com > 0  # a short box paying more than its width, at the printed quotes
+    call_t = max(rows[(k, "C")]["time"] for k in (567.0, 568.0, 569.0))
+    put_t = min(rows[(k, "P")]["time"] for k in (567.0, 568.0, 569.0))
+    gap = dt.datetime.fromisoformat(put_t) - dt.datetime.fromisoformat(call_t)
+    assert gap.total_seconds() > 2.0  # the legs were quoted seconds apart
+
+
+@pytest.mark.parametrize("path", [FILE_0317, FILE_0326])
+def test_smile_outliers_stay_under_two_percent_and_the_fit_is_published(path: Path) -> None:
+    chain, out = detect(path)
+    outliers = [s for s in out.signals_changed if s.kind == "smile_outlier"]
+    assert len(outliers) < 0.02 * len(chain.quotes)
+    assert out.smile is not None
+    assert out.smile.model == "svi"
+    assert len(out.smile.strikes) == len(out.smile.ivs) == len({q.strike for q in chain.quotes})
+    assert out.smile.n_used >= 8
+    assert all(0.01 < v < 5.0 for v in out.smile.ivs)
+
+
+@pytest.mark.parametrize(
+    ("path", "ok_share"),
+    [(FILE_0317, 0.85), (FILE_0326, 0.75)],
+)
+def test_our_iv_of_ib_model_price_against_ib_model_iv(path: Path, ok_share: float) -> None:
+    """IB's model vols are per calendar year (365 days) with expiry later than the 16:00 close;
+    ours per trading year (252 x 390 minutes) to the close. Converting at equal total variance with
+    IB counting to 16:16 New York gives the printed distribution (vol points, ours - IB's)."""
+    rows = [r for r in raw_rows(path).values() if r["model_optPrice"] not in ("", "-1")]
+    rows = [
+        r for r in rows if r["model_impliedVol"] not in ("", "-1") and r["model_undPrice"] not in ("", "-1")
+    ]
+    expiry = rows[0]["lastTradeDateOrContractMonth"]
+    day = session(dt.datetime.strptime(expiry, "%Y%m%d").date())
+    now = to_ns(max(dt.datetime.fromisoformat(r["time"]) for r in rows if r["time"]))
+    price = np.array([float(r["model_optPrice"]) for r in rows])
+    k = np.array([float(r["strike"]) for r in rows])
+    call = np.array([r["right"] == "C" for r in rows])
+    und = np.array([float(r["model_undPrice"]) for r in rows])
+    ib = np.array([float(r["model_impliedVol"]) for r in rows])
+    tau = day.tau(now)
+    ours = implied_vol(price, und, k, tau, call, 1.0)
+    assert ours.ok.mean() >= ok_share  # the rest: price at or below intrinsic (NaN with a reason)
+    tau_ib = ((day.close_ns - now) / 6e10 + 16.0) / (365 * 1440)
+    ib_ours = ib * math.sqrt(tau_ib / tau)
+    extrinsic = price - np.maximum(np.where(call, und - k, k - und), 0.0)
+    sel = ours.ok & (extrinsic >= 0.05)  # IB's model prices are float32: below that, rounding rules
+    diff = (ours.vol - ib_ours)[sel] * 100.0
+    pct = np.percentile(diff, [5, 25, 50, 75, 95])
+    print(
+        f"\n{path.name}: {int(sel.sum())} options, ours - IB (vol points) p5/25/50/75/95 = {np.round(pct, 2)}"
+    )
+    assert np.isfinite(diff).all()
+
+
+def signal_legs_are_clean(s: Signal) -> bool:
+    return all(math.isfinite(leg.price) and leg.price > 0 for leg in s.legs)
+
+
+@pytest.mark.parametrize("path", [FILE_0317, FILE_0326])
+def test_every_arbitrage_leg_is_a_real_price(path: Path) -> None:
+    _, out = detect(path)
+    assert all(signal_legs_are_clean(s) for s in out.signals_changed if s.is_arbitrage)
