@@ -93,9 +93,11 @@ class MarketMerge:
                 self.quotes.pop((strike, Right.CALL), None)
                 self.quotes.pop((strike, Right.PUT), None)
                 self.removed.add(strike)
+            # a strike that left the window stays in ``removed`` even when some of its quotes come
+            # back later in the run: removals apply before quotes, so the other right (not re-sent)
+            # must still be dropped, exactly as applying every update one by one would
             for q in p.quotes:
                 self.quotes[q.key] = q
-                self.removed.discard(q.strike)
             if p.underlying_tick is not None:
                 self.tick = p.underlying_tick
             if math.isfinite(p.underlying):

@@ -44,9 +44,14 @@ class ReplaySource:
 
     @property
     def first_ts_ns(self) -> int:
-        for item in self._iter():
-            if item.ts_ns:
-                return item.ts_ns
+        """Market time of the first timed item; 0 if none (or the recording is corrupt before one:
+        ``play`` then reports the damage as a notice instead of the agent failing to start)."""
+        try:
+            for item in self._iter():
+                if item.ts_ns:
+                    return item.ts_ns
+        except RecordingError:
+            return 0
         return 0
 
     def _iter(self) -> Iterator[TimedPayload]:
