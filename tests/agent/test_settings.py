@@ -9,15 +9,6 @@ import pytest
 from agent.settings import ConfigError, load_settings
 
 
-@pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
-    for key in list(os.environ):
-        if key.startswith("SPY_"):
-            monkeypatch.delenv(key)
-
-
 def test_defaults_are_a_local_simulated_feed() -> None:
     s = load_settings()
     assert s.roles == ("feed",)

@@ -1,38 +1,25 @@
-"""Agents for console and CLI tests: real agents on 127.0.0.1, each in its own thread and loop."""
+"""Console and CLI tests run against agents with a full ladder on a fixed session date."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from agent.runtime import AgentRuntime, AgentThread
-from agent.settings import load_settings
+from agent.runtime import AgentThread
+from tests.conftest import AgentFactory
 
 StartAgent = Callable[..., AgentThread]
 
 
 @pytest.fixture
-def start_agent() -> Iterator[StartAgent]:
-    """Start a simulated-market agent (10:30 NY, 20x) on a free port or the one given."""
-    started: list[AgentThread] = []
+def console_agent(start_agent: AgentFactory) -> StartAgent:
+    """``start_agent`` with 25 strikes each side and the session of 2025-03-17."""
 
-    def start(port: int = 0, **overrides: Any) -> AgentThread:
-        settings = load_settings(
-            None,
-            agent_id=overrides.pop("agent_id", "test"),
-            roles=("feed",),
-            feed="sim",
-            server={"host": "127.0.0.1", "port": port},
-            clock={"start": "10:30", "speed": 20, "date": overrides.pop("date", "2025-03-17")},
-            sim={"seed": 11, "step_ms": 100, **overrides.pop("sim", {})},
-            **overrides,
-        )
-        thread = AgentRuntime(settings).start_in_thread()
-        started.append(thread)
-        return thread
+    def start(agent_id: str = "test", port: int = 0, **overrides: Any) -> AgentThread:
+        overrides.setdefault("sim", {"strikes_each_side": 25})
+        overrides.setdefault("clock", {"date": "2025-03-17"})
+        return start_agent(agent_id, port, **overrides)
 
-    yield start
-    for t in started:
-        t.stop()
+    return start

@@ -25,8 +25,8 @@ def status_text(app: ConsoleApp) -> str:
     return str(app.chain_screen.query_one("#status", Static).content)
 
 
-async def test_chain_screen_shows_live_ladder_around_the_money(start_agent: StartAgent) -> None:
-    agent = start_agent()
+async def test_chain_screen_shows_live_ladder_around_the_money(console_agent: StartAgent) -> None:
+    agent = console_agent()
     app = ConsoleApp(agent.address)
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(lambda: app.chain_screen.state is ConnectionState.LIVE and len(app.view.quotes) > 50)
@@ -53,8 +53,8 @@ async def test_chain_screen_shows_live_ladder_around_the_money(start_agent: Star
         await wait_for(lambda: app.view.last_seq > seq + 10)
 
 
-async def test_lost_agent_is_shown_stale_and_resumed_without_gap(start_agent: StartAgent) -> None:
-    agent = start_agent()
+async def test_lost_agent_is_shown_stale_and_resumed_without_gap(console_agent: StartAgent) -> None:
+    agent = console_agent()
     port = agent.port
     app = ConsoleApp(agent.address)
     async with app.run_test(size=(120, 40)) as pilot:
@@ -67,15 +67,15 @@ async def test_lost_agent_is_shown_stale_and_resumed_without_gap(start_agent: St
         quotes_before = len(app.view.quotes)
         assert quotes_before > 50  # the last state is kept, marked stale
         # a new agent on the same port: the console resumes with a fresh snapshot of the new run
-        start_agent(port=port, agent_id="test2")
+        console_agent(port=port, agent_id="test2")
         await wait_for(lambda: app.chain_screen.state is ConnectionState.LIVE, timeout=15)
         await wait_for(lambda: app.view.agent_id == "test2" and len(app.view.quotes) > 50)
         await pilot.pause(0.2)
         assert not app.chain_screen.has_class("stale")
 
 
-async def test_center_key_and_quit(start_agent: StartAgent) -> None:
-    agent = start_agent()
+async def test_center_key_and_quit(console_agent: StartAgent) -> None:
+    agent = console_agent()
     app = ConsoleApp(agent.address)
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(lambda: len(app.view.quotes) > 50)

@@ -22,8 +22,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_status_human_and_json(start_agent: StartAgent) -> None:
-    agent = start_agent()
+def test_status_human_and_json(console_agent: StartAgent) -> None:
+    agent = console_agent()
     human = runner.invoke(app, ["status", "--agent", agent.address])
     assert human.exit_code == 0, human.output
     assert "SERVING" in human.output
@@ -39,8 +39,8 @@ def test_status_human_and_json(start_agent: StartAgent) -> None:
     assert int(info["last_seq"]) >= 1
 
 
-def test_stream_json_lines_resume_from_seq_and_topics(start_agent: StartAgent) -> None:
-    agent = start_agent()
+def test_stream_json_lines_resume_from_seq_and_topics(console_agent: StartAgent) -> None:
+    agent = console_agent()
     res = runner.invoke(app, ["stream", "--agent", agent.address, "--json", "--count", "6"])
     assert res.exit_code == 0, res.output
     lines = [json.loads(line) for line in res.stdout.splitlines()]
@@ -70,8 +70,8 @@ def test_stream_json_lines_resume_from_seq_and_topics(start_agent: StartAgent) -
     assert set(kinds[1:]) <= {"chain", "underlying"}
 
 
-def test_stream_bad_arguments_exit_codes(start_agent: StartAgent) -> None:
-    agent = start_agent()
+def test_stream_bad_arguments_exit_codes(console_agent: StartAgent) -> None:
+    agent = console_agent()
     bad_topic = runner.invoke(app, ["stream", "-a", agent.address, "-t", "bogus", "--count", "1"])
     assert bad_topic.exit_code == REFUSED
     assert "unknown topic" in bad_topic.output
@@ -86,8 +86,8 @@ def test_unreachable_agent_is_a_clear_error() -> None:
     assert "unreachable" in res.output
 
 
-def test_record_writes_a_lossless_replayable_recording(start_agent: StartAgent, tmp_path: Path) -> None:
-    agent = start_agent()
+def test_record_writes_a_lossless_replayable_recording(console_agent: StartAgent, tmp_path: Path) -> None:
+    agent = console_agent()
     out = tmp_path / "session.spyrec"
     res = runner.invoke(app, ["record", str(out), "--agent", agent.address, "--count", "40"])
     assert res.exit_code == 0, res.output
@@ -113,8 +113,8 @@ def test_agent_command_refuses_bad_configuration(tmp_path: Path) -> None:
     assert "does not exist" in res.output
 
 
-def test_agent_command_reports_port_in_use(start_agent: StartAgent) -> None:
-    agent = start_agent()
+def test_agent_command_reports_port_in_use(console_agent: StartAgent) -> None:
+    agent = console_agent()
     res = runner.invoke(app, ["agent", "--port", str(agent.port), "--start", "10:30"])
     assert res.exit_code == 3
     assert "cannot listen" in res.output
