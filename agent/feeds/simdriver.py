@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from agent.domain import ComponentHealth, ComponentStatus
+from agent.domain import ChainUpdate, ComponentHealth, ComponentStatus, Payload, UnderlyingTick
 from agent.feeds.anomalies import LabelSink
 from agent.feeds.sim import SimConfig, SimulatedMarket
 from agent.settings import SimSettings
@@ -30,6 +32,16 @@ def sim_config(s: SimSettings) -> SimConfig:
         step_ms=s.step_ms,
         anomaly_rate_per_min=s.anomaly_rate_per_min,
     )
+
+
+def bundle(events: Sequence[Payload]) -> list[Payload]:
+    """One step's underlying tick rides inside its chain update: one event, encoded once for all."""
+    ticks = [e for e in events if isinstance(e, UnderlyingTick)]
+    chains = [e for e in events if isinstance(e, ChainUpdate)]
+    if len(ticks) != 1 or len(chains) != 1:
+        return list(events)
+    merged = replace(chains[0], underlying_tick=ticks[0])
+    return [merged if e is chains[0] else e for e in events if e is not ticks[0]]
 
 
 async def run_simulation(rt: AgentRuntime, settings: SimSettings) -> None:
@@ -53,8 +65,8 @@ async def run_simulation(rt: AgentRuntime, settings: SimSettings) -> None:
             delay = clock.wall_delay(step.ts_ns)
             await asyncio.sleep(max(delay, 0.0))
             rt.feed_lag_ms = max(0.0, -delay * 1000.0)
-            for ev in step.events:
-                rt.publish(ev, step.ts_ns)
+            for payload in bundle(step.events):
+                rt.publish(payload, step.ts_ns)
             if sink is not None:
                 for label in step.labels:
                     sink.write(label)

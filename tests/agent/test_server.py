@@ -199,7 +199,8 @@ async def test_resuming_stream_cut_for_slowness_reconnects_cleanly(start_agent: 
     detail = next(s.detail for s in states if "RESOURCE_EXHAUSTED" in s.detail)
     assert "client too slow" in detail
     assert stream.reconnects >= 1
-    assert sum(e.HasField("snapshot") for e in envs) == 2  # the first, and the one after the cut
+    # the first snapshot, and one after each cut (a loaded machine may cut this tiny queue again)
+    assert sum(e.HasField("snapshot") for e in envs) >= 2
     assert_contiguous(envs)
 
 
