@@ -171,21 +171,8 @@ class Health:
     components: tuple[ComponentHealth, ...]
     feed_lag_ms: float = 0.0
     clients: int = 0
-
-
-MarketEvent = UnderlyingTick | ChainUpdate
-Payload = UnderlyingTick | ChainUpdate | Notice | Health
-
-
-def topic_of(payload: object) -> str:
-    """The stream topic a payload belongs to."""
-    if isinstance(payload, UnderlyingTick | ChainUpdate):
-        return "market"
-    if isinstance(payload, Notice):
-        return "notices"
-    if isinstance(payload, Health):
-        return "health"
-    raise TypeError(f"no topic for payload type {type(payload).__name__}")
+    detector_lag_ms: float = 0.0
+    detector_eval_ms: float = 0.0
 
 
 @dataclass(slots=True)

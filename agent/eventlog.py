@@ -27,7 +27,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
-from agent.domain import TOPICS, ChainUpdate, OptionQuote, Payload, Right, UnderlyingTick, topic_of
+from agent.domain import TOPICS, ChainUpdate, OptionQuote, Right, UnderlyingTick
+from agent.events import Payload, topic_of
 from agent.state import AgentState, Snapshot
 
 log = logging.getLogger(__name__)

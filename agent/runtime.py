@@ -15,10 +15,12 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from agent.clock import MarketClock
-from agent.domain import ComponentHealth, ComponentStatus, Health, Notice, NoticeLevel, Payload
+from agent.domain import ComponentHealth, ComponentStatus, Health, Notice, NoticeLevel
 from agent.eventlog import EventLog
+from agent.events import Payload
 from agent.feeds.replay import ReplaySource, open_replay
 from agent.feeds.upstream import UpstreamFeed
+from agent.roles.detector import DetectorRole
 from agent.server import AgentIdentity, AgentServicer, RunningServer, start_server
 from agent.session import NEW_YORK, Session, session, session_on_or_after, to_ns, today_new_york
 from agent.settings import AgentSettings, ConfigError
@@ -27,7 +29,7 @@ log = logging.getLogger(__name__)
 
 HEALTH_INTERVAL_S = 2.0
 DEMO_DEFAULT_START = "10:30"
-AVAILABLE_ROLES = frozenset({"feed"})  # the detector and executor roles are not built yet
+AVAILABLE_ROLES = frozenset({"feed", "detector"})  # the executor role is not built yet
 
 
 def choose_session_and_clock(
@@ -93,6 +95,7 @@ class AgentRuntime:
         self._tasks: list[asyncio.Task[None]] = []
         self._server: RunningServer | None = None
         self.upstream: UpstreamFeed | None = None
+        self.detector: DetectorRole | None = None
         self.port = 0
         self.feed_lag_ms = 0.0
 
@@ -116,6 +119,8 @@ class AgentRuntime:
                 components=tuple(self._components[k] for k in sorted(self._components)),
                 feed_lag_ms=self.feed_lag_ms,
                 clients=self.log.clients,
+                detector_lag_ms=self.detector.lag_p99_ms() if self.detector else 0.0,
+                detector_eval_ms=self.detector.eval_p50_ms() if self.detector else 0.0,
             )
         )
 
@@ -127,7 +132,7 @@ class AgentRuntime:
         identity = AgentIdentity(
             agent_id=s.agent_id,
             roles=s.roles,
-            feed=s.feed if "feed" in s.roles else "",
+            feed=s.feed if "feed" in s.roles or s.feed == "upstream" else "",
             session_date=self.session.date.isoformat(),
             session_close_ns=self.session.close_ns,
             clock_speed=s.clock.speed,
@@ -138,7 +143,12 @@ class AgentRuntime:
         )
         self.port = self._server.port
         self.notice(NoticeLevel.INFO, "agent.started", f"agent {s.agent_id} started: {self.clock_note}")
-        if "feed" in s.roles:
+        if "detector" in s.roles:
+            self.detector = DetectorRole(self, s.detector)
+            self._spawn(self.detector.run(), "detector")
+            self.set_health(ComponentHealth("detector", ComponentStatus.OK, "evaluating every chain update"))
+        if "feed" in s.roles or s.feed == "upstream":
+            # a detector (or executor) without a local feed takes its quotes from the upstream agent
             self._spawn(self._run_feed(), "feed")
         self._spawn(self._health_loop(), "health")
         return self.port

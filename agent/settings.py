@@ -73,6 +73,24 @@ class ServerSettings(_Section):
     )
 
 
+class DetectorSettings(_Section):
+    """Thresholds of the detector's rules (the most used; the engine has defaults for the rest)."""
+
+    commission_per_contract: float = Field(0.65, ge=0.0, le=10.0, description="$ per contract per leg")
+    min_edge_per_unit: float = Field(0.01, ge=0.0, le=1000.0, description="smallest edge worth a signal, $")
+    max_leg_skew_ms: float = Field(1000.0, ge=0.0, description="legs quoted further apart are not one trade")
+    resolve_after_evals: int = Field(3, ge=1, le=1000, description="clean evaluations before resolving")
+    resolve_after_ms: float = Field(500.0, ge=0.0, description="and at least this long (hysteresis)")
+    smile_rich_cheap_vol_pts: float = Field(0.3, gt=0.0, le=50.0, description="smile outlier threshold")
+    stale_min_move_ticks: float = Field(2.0, gt=0.0, description="move that a stale quote ignored")
+    wide_spread_mult: float = Field(5.0, gt=1.0, description="spread vs its neighbours' that is abnormal")
+    volume_spike_mult: float = Field(8.0, gt=1.0, description="volume vs its rolling baseline")
+    iv_jump_z: float = Field(8.0, gt=0.0, description="IV change vs its own recent distribution")
+    smile_every_s: float = Field(
+        1.0, ge=0.0, le=60.0, description="publish the fitted smile at most this often"
+    )
+
+
 def _default_agent_id() -> str:
     return socket.gethostname().split(".")[0] or "agent"
 
@@ -90,6 +108,7 @@ class AgentSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     sim: SimSettings = SimSettings()
     replay: ReplaySettings = ReplaySettings()
+    detector: DetectorSettings = DetectorSettings()
     clock: ClockSettings = ClockSettings()
     server: ServerSettings = ServerSettings()
 

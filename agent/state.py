@@ -10,9 +10,12 @@ import math
 from collections import deque
 from dataclasses import dataclass, field, replace
 
-from agent.domain import ChainBook, ChainUpdate, Health, Notice, Payload, UnderlyingTick
+from agent.detector.signals import Signal, SmileFit
+from agent.domain import ChainBook, ChainUpdate, Health, Notice, UnderlyingTick
+from agent.events import Payload
 
 RECENT_NOTICES = 50
+RECENT_RESOLVED = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +30,8 @@ class Snapshot:
     chain: ChainUpdate | None
     health: Health | None
     recent_notices: tuple[Notice, ...]
+    signals: tuple[Signal, ...] = ()  # open ones, then the most recently resolved
+    smile: SmileFit | None = None
 
 
 @dataclass
@@ -39,6 +44,9 @@ class AgentState:
     book: ChainBook = field(default_factory=ChainBook)
     health: Health | None = None
     notices: deque[Notice] = field(default_factory=lambda: deque(maxlen=RECENT_NOTICES))
+    open_signals: dict[str, Signal] = field(default_factory=dict)
+    resolved: deque[Signal] = field(default_factory=lambda: deque(maxlen=RECENT_RESOLVED))
+    smile: SmileFit | None = None
 
     def apply(self, seq: int, ts_ns: int, payload: Payload) -> None:
         self.last_seq, self.last_ts_ns = seq, ts_ns
@@ -53,6 +61,14 @@ class AgentState:
             self.notices.append(payload)
         elif isinstance(payload, Health):
             self.health = payload
+        elif isinstance(payload, Signal):
+            if payload.status == "resolved":
+                self.open_signals.pop(payload.id, None)
+                self.resolved.append(payload)
+            else:
+                self.open_signals[payload.id] = payload
+        elif isinstance(payload, SmileFit):
+            self.smile = payload
 
     def snapshot(self) -> Snapshot:
         chain = self.book.as_update() if self.book.expiry else None
@@ -67,4 +83,6 @@ class AgentState:
             chain=chain,
             health=self.health,
             recent_notices=tuple(self.notices),
+            signals=(*self.open_signals.values(), *self.resolved),
+            smile=self.smile,
         )

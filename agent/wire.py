@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+from agent.detector.signals import Leg, Signal, SmileFit
 from agent.domain import (
     ChainUpdate,
     ComponentHealth,
@@ -15,12 +16,12 @@ from agent.domain import (
     Notice,
     NoticeLevel,
     OptionQuote,
-    Payload,
     QuoteFlag,
     Right,
     UnderlyingTick,
 )
 from agent.eventlog import Event, MarketMerge, QueueItem, SnapshotItem
+from agent.events import Payload
 from agent.state import Snapshot
 from proto.spyops.v1 import spyops_pb2 as pb
 
@@ -93,6 +94,48 @@ def health_to_pb(h: Health, out: pb.Health) -> None:
         out.components.add(name=c.name, status=c.status.value, detail=c.detail)
     out.feed_lag_ms = h.feed_lag_ms
     out.clients = h.clients
+    out.detector_lag_ms = h.detector_lag_ms
+    out.detector_eval_ms = h.detector_eval_ms
+
+
+def leg_to_pb(leg: Leg, expiry: str, out: pb.Leg) -> None:
+    out.strike = leg.strike
+    out.right = _RIGHT_TO_PB[leg.right]
+    out.side = leg.side
+    out.price = leg.price
+    out.quantity = leg.quantity
+    out.expiry = expiry
+    out.displayed_size = leg.displayed_size
+
+
+def signal_to_pb(sig: Signal, out: pb.Signal) -> None:
+    out.id = sig.id
+    out.kind = sig.kind
+    out.expiry = sig.expiry
+    for leg in sig.legs:
+        leg_to_pb(leg, sig.expiry, out.legs.add())
+    out.edge = sig.edge
+    out.score = sig.score
+    out.first_seen_ns = sig.first_seen_ns
+    out.last_seen_ns = sig.last_seen_ns
+    out.status = sig.status
+    out.explanation = sig.explanation
+    out.severity = sig.severity.value
+    out.max_units = sig.max_units
+    for strike, right in sig.contracts:
+        out.contracts.add(strike=strike, right=_RIGHT_TO_PB[right])
+
+
+def smile_to_pb(fit: SmileFit, expiry: str, out: pb.SmileFit) -> None:
+    out.expiry = expiry
+    out.model = fit.model
+    out.params.update(fit.params)
+    out.forward = fit.forward
+    out.strikes.extend(fit.strikes)
+    out.ivs.extend(fit.ivs)
+    out.rmse = fit.rmse
+    out.n_used = fit.n_used
+    out.forward_method = fit.forward_method
 
 
 def snapshot_to_pb(s: Snapshot, out: pb.Snapshot) -> None:
@@ -108,6 +151,10 @@ def snapshot_to_pb(s: Snapshot, out: pb.Snapshot) -> None:
         health_to_pb(s.health, out.health)
     for n in s.recent_notices:
         notice_to_pb(n, out.recent_notices.add())
+    for sig in s.signals:
+        signal_to_pb(sig, out.signals.add())
+    if s.smile is not None:
+        smile_to_pb(s.smile, s.chain.expiry if s.chain else "", out.smile)
 
 
 def payload_to_envelope(p: Payload, env: pb.Envelope) -> None:
@@ -119,6 +166,10 @@ def payload_to_envelope(p: Payload, env: pb.Envelope) -> None:
         notice_to_pb(p, env.notice)
     elif isinstance(p, Health):
         health_to_pb(p, env.health)
+    elif isinstance(p, Signal):
+        signal_to_pb(p, env.signal)
+    elif isinstance(p, SmileFit):
+        smile_to_pb(p, "", env.smile)
     else:  # pragma: no cover - exhaustive over Payload
         raise TypeError(f"no wire form for {type(p).__name__}")
 
@@ -237,7 +288,13 @@ def health_from_pb(m: pb.Health) -> Health:
         except ValueError:
             status = ComponentStatus.DEGRADED
         comps.append(ComponentHealth(name=c.name, status=status, detail=c.detail))
-    return Health(components=tuple(comps), feed_lag_ms=m.feed_lag_ms, clients=m.clients)
+    return Health(
+        components=tuple(comps),
+        feed_lag_ms=m.feed_lag_ms,
+        clients=m.clients,
+        detector_lag_ms=m.detector_lag_ms,
+        detector_eval_ms=m.detector_eval_ms,
+    )
 
 
 def market_from_envelope(env: pb.Envelope) -> list[Payload]:

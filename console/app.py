@@ -89,7 +89,7 @@ def start_demo_agent(
     settings = load_settings(
         None,
         agent_id="demo",
-        roles=("feed",),
+        roles=("feed", "detector"),
         feed="sim",
         server={"host": "127.0.0.1", "port": 0},
         clock={"speed": speed, "start": start},

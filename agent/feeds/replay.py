@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.domain import Notice, NoticeLevel, Payload
+from agent.domain import Notice, NoticeLevel
+from agent.events import Payload
 from agent.feeds.ib_csv import ChainFileError, load_ib_csv
 from agent.wire import WireError, market_from_envelope, notice_from_pb
 from proto.recording import RecordingError, is_recording, read_recording

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from agent.domain import ChainUpdate, ComponentHealth, ComponentStatus, Payload, UnderlyingTick
+from agent.domain import ChainUpdate, ComponentHealth, ComponentStatus, UnderlyingTick
+from agent.events import Payload
 from agent.feeds.anomalies import LabelSink
 from agent.feeds.sim import SimConfig, SimulatedMarket
 from agent.settings import SimSettings

@@ -16,7 +16,8 @@ from typing import cast
 
 import grpc
 
-from agent.domain import ComponentHealth, ComponentStatus, Notice, NoticeLevel, Payload
+from agent.domain import ComponentHealth, ComponentStatus, Notice, NoticeLevel
+from agent.events import Payload
 from agent.wire import WireError, market_from_envelope
 from proto.spyops.v1 import spyops_pb2 as pb
 from proto.spyops.v1 import spyops_pb2_grpc as pb_grpc

@@ -105,6 +105,11 @@ def _summary(env: pb.Envelope) -> str:
         return f"{head} {env.notice.level} {env.notice.code}: {env.notice.message}"
     if kind == "snapshot":
         return f"{head} as of seq {env.snapshot.as_of_seq}, {len(env.snapshot.chain.quotes)} quotes"
+    if kind == "signal":
+        sig = env.signal
+        return f"{head} {sig.status:<8} {sig.kind:<13} edge ${sig.edge:,.2f}  {sig.explanation}"
+    if kind == "smile":
+        return f"{head} {env.smile.model} forward {env.smile.forward:.2f} rmse {env.smile.rmse:.4f}"
     if kind == "health":
         return f"{head} " + ", ".join(f"{c.name}={c.status}" for c in env.health.components)
     return head

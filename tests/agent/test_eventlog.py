@@ -22,7 +22,6 @@ from agent.domain import (
     Notice,
     NoticeLevel,
     OptionQuote,
-    Payload,
     Right,
     UnderlyingTick,
 )
@@ -35,6 +34,7 @@ from agent.eventlog import (
     StreamRequestError,
     Subscription,
 )
+from agent.events import Payload
 from agent.state import AgentState, Snapshot
 
 EXPIRY = "20260317"

@@ -503,14 +503,18 @@ class Leg(_message.Message):
     PRICE_FIELD_NUMBER: _builtins.int
     QUANTITY_FIELD_NUMBER: _builtins.int
     EXPIRY_FIELD_NUMBER: _builtins.int
+    DISPLAYED_SIZE_FIELD_NUMBER: _builtins.int
     strike: _builtins.float
     right: Global___Right.ValueType
     side: _builtins.str
     """"BUY" or "SELL" """
     price: _builtins.float
     quantity: _builtins.int
+    """contracts per unit of the combination"""
     expiry: _builtins.str
     """YYYYMMDD"""
+    displayed_size: _builtins.int
+    """size shown at that price when last seen"""
     def __init__(
         self,
         *,
@@ -520,14 +524,37 @@ class Leg(_message.Message):
         price: _builtins.float = ...,
         quantity: _builtins.int = ...,
         expiry: _builtins.str = ...,
+        displayed_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expiry", b"expiry", "price", b"price", "quantity", b"quantity", "right", b"right", "side", b"side", "strike", b"strike"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["displayed_size", b"displayed_size", "expiry", b"expiry", "price", b"price", "quantity", b"quantity", "right", b"right", "side", b"side", "strike", b"strike"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Leg: _TypeAlias = Leg  # noqa: Y015
+
+@_typing.final
+class ContractRef(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STRIKE_FIELD_NUMBER: _builtins.int
+    RIGHT_FIELD_NUMBER: _builtins.int
+    strike: _builtins.float
+    right: Global___Right.ValueType
+    def __init__(
+        self,
+        *,
+        strike: _builtins.float = ...,
+        right: Global___Right.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["right", b"right", "strike", b"strike"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContractRef: _TypeAlias = ContractRef  # noqa: Y015
 
 @_typing.final
 class Signal(_message.Message):
@@ -543,6 +570,9 @@ class Signal(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     EXPLANATION_FIELD_NUMBER: _builtins.int
     SEVERITY_FIELD_NUMBER: _builtins.int
+    EXPIRY_FIELD_NUMBER: _builtins.int
+    MAX_UNITS_FIELD_NUMBER: _builtins.int
+    CONTRACTS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """stable across updates of the same anomaly"""
     kind: _builtins.str
@@ -557,8 +587,16 @@ class Signal(_message.Message):
     explanation: _builtins.str
     severity: _builtins.str
     """"info", "warn", "critical" """
+    expiry: _builtins.str
+    """YYYYMMDD"""
+    max_units: _builtins.int
+    """units of the combination the displayed sizes allow (0: not a trade)"""
     @_builtins.property
     def legs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Leg]: ...
+    @_builtins.property
+    def contracts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContractRef]:
+        """the contracts concerned (for highlighting)"""
+
     def __init__(
         self,
         *,
@@ -572,10 +610,13 @@ class Signal(_message.Message):
         status: _builtins.str = ...,
         explanation: _builtins.str = ...,
         severity: _builtins.str = ...,
+        expiry: _builtins.str = ...,
+        max_units: _builtins.int = ...,
+        contracts: _abc.Iterable[Global___ContractRef] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["edge", b"edge", "explanation", b"explanation", "first_seen_ns", b"first_seen_ns", "id", b"id", "kind", b"kind", "last_seen_ns", b"last_seen_ns", "legs", b"legs", "score", b"score", "severity", b"severity", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contracts", b"contracts", "edge", b"edge", "expiry", b"expiry", "explanation", b"explanation", "first_seen_ns", b"first_seen_ns", "id", b"id", "kind", b"kind", "last_seen_ns", b"last_seen_ns", "legs", b"legs", "max_units", b"max_units", "score", b"score", "severity", b"severity", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -612,11 +653,17 @@ class SmileFit(_message.Message):
     STRIKES_FIELD_NUMBER: _builtins.int
     IVS_FIELD_NUMBER: _builtins.int
     RMSE_FIELD_NUMBER: _builtins.int
+    N_USED_FIELD_NUMBER: _builtins.int
+    FORWARD_METHOD_FIELD_NUMBER: _builtins.int
     expiry: _builtins.str
     model: _builtins.str
     """e.g. "svi" """
     forward: _builtins.float
     rmse: _builtins.float
+    n_used: _builtins.int
+    """points with non-zero weight in the fit"""
+    forward_method: _builtins.str
+    """how the forward was found ("parity", "fallback", ...)"""
     @_builtins.property
     def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
     @_builtins.property
@@ -635,10 +682,12 @@ class SmileFit(_message.Message):
         strikes: _abc.Iterable[_builtins.float] | None = ...,
         ivs: _abc.Iterable[_builtins.float] | None = ...,
         rmse: _builtins.float = ...,
+        n_used: _builtins.int = ...,
+        forward_method: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expiry", b"expiry", "forward", b"forward", "ivs", b"ivs", "model", b"model", "params", b"params", "rmse", b"rmse", "strikes", b"strikes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expiry", b"expiry", "forward", b"forward", "forward_method", b"forward_method", "ivs", b"ivs", "model", b"model", "n_used", b"n_used", "params", b"params", "rmse", b"rmse", "strikes", b"strikes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -932,8 +981,14 @@ class Health(_message.Message):
     COMPONENTS_FIELD_NUMBER: _builtins.int
     FEED_LAG_MS_FIELD_NUMBER: _builtins.int
     CLIENTS_FIELD_NUMBER: _builtins.int
+    DETECTOR_LAG_MS_FIELD_NUMBER: _builtins.int
+    DETECTOR_EVAL_MS_FIELD_NUMBER: _builtins.int
     feed_lag_ms: _builtins.float
     clients: _builtins.int
+    detector_lag_ms: _builtins.float
+    """chain update arriving at the detector -> its signals published (p99 of the last interval)"""
+    detector_eval_ms: _builtins.float
+    """time one evaluation takes (p50 of the last interval)"""
     @_builtins.property
     def components(self) -> _containers.RepeatedCompositeFieldContainer[Global___ComponentHealth]: ...
     def __init__(
@@ -942,10 +997,12 @@ class Health(_message.Message):
         components: _abc.Iterable[Global___ComponentHealth] | None = ...,
         feed_lag_ms: _builtins.float = ...,
         clients: _builtins.int = ...,
+        detector_lag_ms: _builtins.float = ...,
+        detector_eval_ms: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clients", b"clients", "components", b"components", "feed_lag_ms", b"feed_lag_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clients", b"clients", "components", b"components", "detector_eval_ms", b"detector_eval_ms", "detector_lag_ms", b"detector_lag_ms", "feed_lag_ms", b"feed_lag_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
