@@ -36,8 +36,8 @@ def detector_config(s: DetectorSettings) -> DetectorConfig:
     values: dict[str, Any] = {}
     for key, value in s.model_dump().items():
         if key in _NS_SETTINGS:
-            values[_NS_SETTINGS[key]] = int(value * 1_000_000)
-        elif key in names:
+            key, value = _NS_SETTINGS[key], int(value * 1_000_000)
+        if key in names:
             values[key] = value
     return replace(DetectorConfig(), **values)
 
