@@ -22,6 +22,11 @@ class DetectorConfig:
     max_rate: float = 0.08
     """Upper bound of the short rate (calendar, continuous) used in the discount of the bounds:
     the larger the rate, the looser (more conservative) ``K * D`` bounds."""
+    max_leg_skew_ns: int = 1_000_000_000
+    """Legs of an arbitrage last known to stand more than this apart (``quote_ts_ns``, refreshed by
+    every later incremental update that leaves the quote unchanged: see ``ChainState.asof``) were
+    never quoted at the same moment as far as the book knows: the finding is ``leg_skew`` (quote
+    quality) instead. Unknown times (stamp 0) are not compared; 0 turns the check off."""
     fold_related: bool = True
     """Report one signal per culprit contract: a butterfly/box/vertical whose culprit contract is a
     leg of a simpler signal (intrinsic < vertical < parity < butterfly < box) is folded into it."""
@@ -36,7 +41,11 @@ class DetectorConfig:
     smile_rich_cheap_vol_pts: float = 0.3
     smile_rich_cheap_min_dollars: float = 0.015
     smile_refit_grid: int = 3
-    """Per update, (m, sigma) of the SVI fit move on a local grid of this size per side."""
+    """On a full refit, (m, sigma) of the SVI fit move on a local grid of this size per side."""
+    smile_full_refit_every: int = 8
+    """A full robust SVI refit (three reweightings, two local searches) every this many
+    evaluations; in between, a warm update (one reweighting against the previous fit, one 3x3
+    local search), a fraction of the cost. 1: a full refit on every evaluation."""
 
     # quote quality
     stale_min_move_ticks: float = 2.0
@@ -75,6 +84,8 @@ class DetectorConfig:
                 problems.append(f"{name} must be a non-negative number, got {v!r}")
         if self.resolve_after_evals < 1:
             problems.append(f"resolve_after_evals must be >= 1, got {self.resolve_after_evals}")
+        if self.max_leg_skew_ns < 0:
+            problems.append(f"max_leg_skew_ns must be >= 0 (0: no check), got {self.max_leg_skew_ns}")
         if self.resolve_after_ns < 0 or self.stale_grace_ns < 0:
             problems.append("resolve_after_ns and stale_grace_ns must be >= 0")
         if self.smile_min_points < 5:
@@ -83,6 +94,8 @@ class DetectorConfig:
             )
         if self.volume_window_ns <= 0 or self.volume_baseline_half_life_ns <= 0:
             problems.append("volume_window_ns and volume_baseline_half_life_ns must be > 0")
+        if self.smile_full_refit_every < 1:
+            problems.append(f"smile_full_refit_every must be >= 1, got {self.smile_full_refit_every}")
         if self.smile_refit_grid < 1:
             problems.append(f"smile_refit_grid must be >= 1, got {self.smile_refit_grid}")
         if problems:

@@ -34,11 +34,11 @@ import numpy.typing as npt
 from agent.detector.config import DetectorConfig
 from agent.detector.rules import Book, find_arbitrage
 from agent.detector.signals import Finding, Leg, Severity, Side, Signal, SmileFit
-from agent.detector.smile import SviFitter
+from agent.detector.smile import SviFitter, SviParams, median
 from agent.detector.state import RIGHTS, ChainState
 from agent.detector.tracker import SignalTracker
 from agent.domain import ChainBook, ChainUpdate, QuoteFlag, Right, UnderlyingTick
-from agent.pricing import black76_greeks, implied_vol_and_greeks
+from agent.pricing import black76_greeks, black76_price, implied_vol_and_greeks
 from agent.session import Session
 
 FloatArray = npt.NDArray[np.float64]
@@ -47,6 +47,7 @@ BoolArray = npt.NDArray[np.bool_]
 NS_PER_CALENDAR_YEAR = 365 * 24 * 3600 * 1_000_000_000
 _TUKEY_C = 4.685
 _FEED_BAD = int(QuoteFlag.HALTED | QuoteFlag.STALE)
+_CALL_ROW = np.array([[True], [False]])
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +92,7 @@ class Detector:
         self.config = config
         self.session = session
         self._state = ChainState()
-        self._smile = SviFitter(config.smile_refit_grid)
+        self._smile = SviFitter(config.smile_refit_grid, config.smile_full_refit_every)
         self._tracker = SignalTracker(config.resolve_after_evals, config.resolve_after_ns)
         self._last_eval_ns: int | None = None
 
@@ -192,7 +193,11 @@ class Detector:
             mid = 0.5 * (st.bid[otm_row, cols] + st.ask[otm_row, cols])
             idx = np.flatnonzero(ok_otm)
             if idx.size:
-                ca = implied_vol_and_greeks(mid[idx], forward, k[idx], tau, otm_row[idx] == 0, disc)
+                # warm start from the previous evaluation's vols (same answer, a fifth of the cost)
+                guess = st.history.iv_prev[otm_row[idx], idx]
+                ca = implied_vol_and_greeks(
+                    mid[idx], forward, k[idx], tau, otm_row[idx] == 0, disc, guess=guess
+                )
                 good = ca.reason == 0
                 iv_otm[idx[good]] = ca.vol[good]
                 fit_idx = idx[good]
@@ -226,27 +231,46 @@ class Detector:
                     forward, k[None, :], tau, fit_iv[None, :], np.array([[True], [False]]), disc
                 )
 
-        # stale quotes (need the greeks)
+        # stale quotes (need the fitted vols): the value each unchanged quote should have now, against
+        # its value when it last changed (a full revaluation with the smile moving with the forward,
+        # so the skew's effect on an out-of-the-money delta and a jump's gamma are both in it)
         stale = np.zeros((2, n), bool)
+        suspect = np.zeros((2, n), bool)
         h = st.history
-        if greeks is not None and math.isfinite(s_ref):
+        if greeks is not None and fit_iv is not None and math.isfinite(s_ref) and s_ref > 0:
             ds = s_ref - h.ref_und
-            with np.errstate(invalid="ignore"):
-                move = np.abs(greeks.delta * ds) + 0.5 * greeks.gamma * ds * ds
-                should = st.present & ~st.price_changed & (move >= cfg.stale_min_move_ticks * st.tick)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                cand = st.present & ~st.price_changed & (np.abs(ds) > 0)
+                move = np.zeros((2, n))
+                if cand.any():
+                    f_ref = forward * h.ref_und / s_ref
+                    if smile is not None:
+                        sp = smile.params
+                        w_ref = SviParams(sp["a"], sp["b"], sp["rho"], sp["m"], sp["sigma"]).total_variance(
+                            np.log(k[None, :] / f_ref)
+                        )
+                        vol_ref = np.sqrt(np.maximum(w_ref, 1e-300) / tau)
+                    else:
+                        vol_ref = np.broadcast_to(fit_iv[None, :], (2, n))
+                    then = black76_price(f_ref, k[None, :], tau, vol_ref, _CALL_ROW, disc)
+                    move = np.where(cand, np.abs(greeks.price - then), 0.0)
+                should = cand & (move >= cfg.stale_min_move_ticks * st.tick)
             start = should & (h.moved_since_ns < 0)
             h.moved_since_ns[start] = now_ns
             h.moved_since_ns[~should] = -1
             stale = should & (now_ns - h.moved_since_ns >= cfg.stale_grace_ns) & ~unclean
+            # a quote that should have moved is no leg of an arbitrage even before it is reported
+            suspect = should & ~stale
             for r, i in zip(*np.nonzero(stale), strict=True):
                 findings.append(self._stale(int(r), int(i), float(move[r, i]), float(ds[r, i]), now_ns))
         good_mask = ~(unclean | stale)
+        trade_mask = good_mask & ~suspect
 
         # 4. arbitrage on clean executable quotes
         book = Book(
             strikes=k,
-            bid=np.where(bid_ok & good_mask, st.bid, -np.inf),
-            ask=np.where(ask_ok & good_mask, st.ask, np.inf),
+            bid=np.where(bid_ok & trade_mask, st.bid, -np.inf),
+            ask=np.where(ask_ok & trade_mask, st.ask, np.inf),
             bid_size=st.bid_size,
             ask_size=st.ask_size,
             multiplier=mult,
@@ -257,13 +281,15 @@ class Detector:
             und_bid=s_bid,
             und_ask=s_ask,
             forward_spot=forward * disc if math.isfinite(forward) else math.nan,
+            quote_ts=st.asof,
+            max_leg_skew_ns=cfg.max_leg_skew_ns,
         )
         arb, n_combos = find_arbitrage(book, fold=cfg.fold_related)
         findings.extend(arb)
         in_arb = np.zeros((2, n), bool)
         for f in arb:
             for leg in f.legs:
-                in_arb[0 if leg.right is Right.CALL else 1, st.index[leg.strike]] = True
+                in_arb[0 if leg.right is Right.CALL else 1, int(np.searchsorted(k, leg.strike))] = True
 
         if greeks is not None:
             # out-of-the-money options only: an in-the-money price adds nothing to the smile but the
@@ -299,7 +325,7 @@ class Detector:
         f = float(f_i[order][min(int(np.searchsorted(cw, 0.5 * cw[-1])), idx.size - 1)])
         for _ in range(2):
             r = (f_i - f) * disc / noise
-            scale = max(1.4826 * float(np.median(np.abs(r))), 1.0)
+            scale = max(1.4826 * median(np.abs(r)), 1.0)
             u = r / (_TUKEY_C * scale)
             w = np.where(np.abs(u) < 1.0, (1.0 - u * u) ** 2, 0.0) / (noise * noise)
             if not w.any():
@@ -404,18 +430,23 @@ class Detector:
             return []
         spread = np.where(clean_two, st.ask - st.bid, np.nan)
         pad = np.pad(spread, ((0, 0), (3, 3)), constant_values=np.nan)
-        win = np.lib.stride_tricks.sliding_window_view(pad, 7, axis=1)  # (2, n, 7)
-        neigh = np.concatenate([win[:, :, :3], win[:, :, 4:]], axis=2)
-        cnt = np.sum(np.isfinite(neigh), axis=2)
         with np.errstate(invalid="ignore"):
-            ref = np.sort(np.where(np.isfinite(neigh), neigh, np.inf), axis=2)
-            med = np.take_along_axis(ref, np.maximum((cnt - 1) // 2, 0)[:, :, None], axis=2)[:, :, 0]
-            mask = (
-                clean_two
-                & (cnt >= 2)
-                & (spread > cfg.wide_spread_mult * med)
-                & (spread > cfg.wide_spread_min_dollars)
-            )
+            # necessary condition first: wider than the narrowest neighbour (<= the median) times
+            # the multiple; the median of up to six neighbours only for those
+            low = np.fmin.reduce([pad[:, 3 + d : 3 + d + n] for d in (-3, -2, -1, 1, 2, 3)])
+            cand = clean_two & (spread > cfg.wide_spread_min_dollars) & (spread > cfg.wide_spread_mult * low)
+        if not cand.any():
+            return []
+        rr, ii = np.nonzero(cand)
+        neigh = np.stack([pad[rr, ii + 3 + d] for d in (-3, -2, -1, 1, 2, 3)], axis=1)  # (m, 6)
+        cnt = np.sum(np.isfinite(neigh), axis=1)
+        ref = np.sort(np.where(np.isfinite(neigh), neigh, np.inf), axis=1)
+        med_c = np.take_along_axis(ref, np.maximum((cnt - 1) // 2, 0)[:, None], axis=1)[:, 0]
+        med = np.full((2, n), np.nan)
+        med[rr, ii] = med_c
+        ok = np.zeros((2, n), bool)
+        ok[rr, ii] = (cnt >= 2) & (spread[rr, ii] > cfg.wide_spread_mult * med_c)
+        mask = ok
         out: list[Finding] = []
         for r, i in zip(*np.nonzero(mask), strict=True):
             k, right, name = self._contract(int(r), int(i))

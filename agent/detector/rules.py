@@ -54,6 +54,8 @@ class Book:
     und_bid: float = math.nan
     und_ask: float = math.nan
     forward_spot: float = math.nan  # D * F from the chain, NaN if unknown
+    quote_ts: IntArray | None = None  # quote_ts_ns per contract (0: unknown)
+    max_leg_skew_ns: int = 0  # legs quoted further apart than this are not one trade (0: no check)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,9 +218,28 @@ def lower_hull(x: FloatArray, y: FloatArray, idx: IntArray) -> IntArray:
     return cur
 
 
-def cheapest_wings(k: FloatArray, ask: FloatArray) -> tuple[IntArray, IntArray, FloatArray]:
-    """For every strike j: the wings ``i < j < m`` whose ask chord at ``K_j`` is lowest, and that
-    value (``inf``/-1 where no pair exists). Asks of ``inf`` are absent."""
+def _best_chord(k: FloatArray, ask: FloatArray, pts: IntArray, j: int) -> tuple[int, int, float]:
+    """The wings ``i < j < m`` among ``pts`` (excluding ``j``) whose ask chord at ``K_j`` is lowest.
+
+    The lowest chord joins a vertex of the lower hull of the points left of ``K_j`` to one of the
+    points right of it, so only those hull vertices are paired. ``(-1, -1, inf)`` if none."""
+    kj = k[j]
+    lc = lower_hull(k, ask, pts[k[pts] < kj])
+    rc = lower_hull(k, ask, pts[k[pts] > kj])
+    if lc.size == 0 or rc.size == 0:
+        return -1, -1, math.inf
+    kl, kr = k[lc][:, None], k[rc][None, :]
+    al, ar = ask[lc][:, None], ask[rc][None, :]
+    chords = al + (ar - al) * (kj - kl) / (kr - kl)
+    a, bb = np.unravel_index(int(np.argmin(chords)), chords.shape)
+    return int(lc[a]), int(rc[bb]), float(chords[a, bb])
+
+
+def cheapest_wings(
+    k: FloatArray, ask: FloatArray, bodies: IntArray | None = None
+) -> tuple[IntArray, IntArray, FloatArray]:
+    """For every strike j (or those in ``bodies``): the wings ``i < j < m`` whose ask chord at
+    ``K_j`` is lowest, and that value (``inf``/-1 where no pair exists). Asks of ``inf`` are absent."""
     n = k.size
     left = np.full(n, -1, np.int64)
     right = np.full(n, -1, np.int64)
@@ -226,35 +247,26 @@ def cheapest_wings(k: FloatArray, ask: FloatArray) -> tuple[IntArray, IntArray, 
     pts = np.flatnonzero(np.isfinite(ask))
     if pts.size < 2:
         return left, right, val
+    for j in range(n) if bodies is None else bodies.tolist():
+        left[j], right[j], val[j] = _best_chord(k, ask, pts, int(j))
+    return left, right, val
+
+
+def butterfly_candidates(k: FloatArray, bid: FloatArray, ask: FloatArray, need: float) -> IntArray:
+    """Bodies ``j`` that may sell at ``bid - need`` above some pair of wings' asks: those above the
+    lower convex hull of *all* asks (one hull, evaluated at every strike by interpolation).
+
+    The hull of all asks lies below the hull of the asks without ``j``, so this is a necessary
+    condition; it is exact for bodies that are not hull vertices. On a clean chain it is empty."""
+    pts = np.flatnonzero(np.isfinite(ask))
+    if pts.size < 2:
+        return np.zeros(0, np.int64)
     hull = lower_hull(k, ask, pts)
     hk = k[hull]
-    pos_r = np.searchsorted(hk, k, side="right")  # first hull vertex with K > K_j
-    pos_l = np.searchsorted(hk, k, side="left") - 1  # last hull vertex with K < K_j
-    ok = (pos_l >= 0) & (pos_r < hull.size)
-    j_ok = np.flatnonzero(ok)
-    u = hull[pos_l[j_ok]]
-    v = hull[pos_r[j_ok]]
-    left[j_ok], right[j_ok] = u, v
-    ku, kv = k[u], k[v]
-    val[j_ok] = ask[u] + (ask[v] - ask[u]) * (k[j_ok] - ku) / (kv - ku)
-    # where j is itself a vertex, points between u and v other than j may undercut the chord
-    pts_pos = np.searchsorted(pts, np.arange(n))
-    is_vertex = np.zeros(n, bool)
-    is_vertex[hull] = True
-    need = j_ok[is_vertex[j_ok]]
-    if need.size:
-        gap = np.searchsorted(pts, right[need]) - np.searchsorted(pts, left[need])
-        for j in need[gap > 2].tolist():
-            lo, hi = int(left[j]), int(right[j])
-            cand = pts[(pts >= lo) & (pts <= hi) & (pts != j)]
-            lc, rc = cand[k[cand] < k[j]], cand[k[cand] > k[j]]
-            chords = ask[lc][:, None] + (ask[rc][None, :] - ask[lc][:, None]) * (k[j] - k[lc][:, None]) / (
-                k[rc][None, :] - k[lc][:, None]
-            )
-            a, bb = np.unravel_index(int(np.argmin(chords)), chords.shape)
-            left[j], right[j], val[j] = lc[a], rc[bb], chords[a, bb]
-    del pts_pos
-    return left, right, val
+    env = np.interp(k, hk, ask[hull])
+    with np.errstate(invalid="ignore"):
+        cand = (k > hk[0]) & (k < hk[-1]) & (bid - need > env)
+    return np.flatnonzero(cand)
 
 
 def _combos_butterfly(b: Book) -> list[_Combo]:
@@ -264,17 +276,20 @@ def _combos_butterfly(b: Book) -> list[_Combo]:
     out: list[_Combo] = []
     cents = np.rint(k * 100.0).astype(np.int64)
     for r, name in ((0, "call"), (1, "put")):
-        bid = b.bid[r]
-        li, ri, chord = cheapest_wings(k, b.ask[r])
-        with np.errstate(invalid="ignore"):
-            e_ps = bid - chord - 2 * c  # per unit of the body
-        for j in np.flatnonzero(e_ps > thr).tolist():
+        bid, ask = b.bid[r], b.ask[r]
+        bodies = butterfly_candidates(k, bid, ask, 2 * c + thr)
+        if bodies.size == 0:
+            continue
+        li, ri, chord = cheapest_wings(k, ask, bodies)
+        for j in bodies.tolist():
+            if not bid[j] - chord[j] - 2 * c > thr:
+                continue
             i, mm = int(li[j]), int(ri[j])
             qi, qm = int(cents[mm] - cents[j]), int(cents[j] - cents[i])
             g = math.gcd(qi, qm)
             qi, qm = qi // g, qm // g
             qj = qi + qm
-            edge = (qj * bid[j] - qi * b.ask[r, i] - qm * b.ask[r, mm] - 2 * qj * c) * m
+            edge = (qj * bid[j] - qi * ask[i] - qm * ask[mm] - 2 * qj * c) * m
             if edge <= b.min_edge:
                 continue
             why = (
@@ -293,24 +308,16 @@ def _combos_butterfly(b: Book) -> list[_Combo]:
 _SIMPLICITY = {"intrinsic": 0, "vertical": 1, "parity": 2, "butterfly": 3, "box": 4}
 
 
-def find_arbitrage(b: Book, *, fold: bool = True) -> tuple[list[Finding], int]:
-    """Every static arbitrage of the book, one finding per culprit contract and kind.
-
-    Combinations of a kind are grouped by the contract that appears in most of them (ties: the
-    first sold leg), keeping the best edge per group. With ``fold``, a finding whose culprit is a
-    leg of a finding of a simpler kind (intrinsic < vertical < parity < butterfly < box) is dropped:
-    one mispriced contract is one signal. Returns the findings and the number of violating
-    combinations before grouping.
-    """
-    combos = _combos_parity_intrinsic(b) + _combos_vertical(b) + _combos_butterfly(b) + _combos_box(b)
-    if not combos:
-        return [], 0
+def _group(
+    b: Book, combos: list[_Combo], covered: set[tuple[int, int]], fold: bool
+) -> list[tuple[str, str, _Combo]]:
+    """One combination per culprit contract and kind (see :func:`find_arbitrage`); ``covered``
+    collects the legs of what is kept."""
     k = b.strikes
     by_kind: dict[str, list[_Combo]] = {}
     for cmb in combos:
         by_kind.setdefault(cmb.kind, []).append(cmb)
     kept: list[tuple[str, str, _Combo]] = []
-    covered: set[tuple[int, int]] = set()  # contracts that are legs of simpler findings
     for kind in sorted(by_kind, key=lambda kd: _SIMPLICITY[kd]):
         items = by_kind[kind]
         counts: dict[tuple[int, int], int] = {}
@@ -334,8 +341,47 @@ def find_arbitrage(b: Book, *, fold: bool = True) -> tuple[list[Finding], int]:
             kept.append((kind, anchor, cmb))
             new_cover.update((r, i) for r, i, _, _ in cmb.legs)
         covered |= new_cover
+    return kept
+
+
+def leg_skew_ns(b: Book, legs: tuple[tuple[int, int, Side, int], ...]) -> int:
+    """Largest difference of the legs' quote stamps (stamps of 0, unknown, are left out)."""
+    if b.quote_ts is None:
+        return 0
+    stamps = [int(b.quote_ts[r, i]) for r, i, _, _ in legs if b.quote_ts[r, i] > 0]
+    return max(stamps) - min(stamps) if len(stamps) > 1 else 0
+
+
+def find_arbitrage(b: Book, *, fold: bool = True) -> tuple[list[Finding], int]:
+    """Every static arbitrage of the book, one finding per culprit contract and kind.
+
+    Combinations of a kind are grouped by the contract that appears in most of them (ties: the
+    first sold leg), keeping the best edge per group. With ``fold``, a finding whose culprit is a
+    leg of a finding of a simpler kind (intrinsic < vertical < parity < butterfly < box) is dropped:
+    one mispriced contract is one signal. Returns the findings and the number of violating
+    combinations before grouping.
+
+    A combination whose legs were quoted more than ``b.max_leg_skew_ns`` apart (``quote_ts_ns``)
+    is not an arbitrage: the quotes never stood at the same moment as far as the book knows. It is
+    reported as a ``leg_skew`` quote-quality finding instead (anchor ``kind:culprit``), with the
+    legs and the edge they *would* have.
+    """
+    combos = _combos_parity_intrinsic(b) + _combos_vertical(b) + _combos_butterfly(b) + _combos_box(b)
+    if not combos:
+        return [], 0
+    skewed: list[tuple[_Combo, int]] = []
+    if b.quote_ts is not None and b.max_leg_skew_ns > 0:
+        synced: list[_Combo] = []
+        for cmb in combos:
+            gap = leg_skew_ns(b, cmb.legs)
+            if gap > b.max_leg_skew_ns:
+                skewed.append((cmb, gap))
+            else:
+                synced.append(cmb)
+        combos = synced
+    covered: set[tuple[int, int]] = set()  # contracts that are legs of simpler findings
     findings: list[Finding] = []
-    for kind, anchor, cmb in kept:
+    for kind, anchor, cmb in _group(b, combos, covered, fold):
         legs = tuple(_leg(b, r, i, side, q) for r, i, side, q in cmb.legs)
         units = min((leg.displayed_size // max(leg.quantity, 1) for leg in legs), default=0)
         findings.append(
@@ -350,7 +396,27 @@ def find_arbitrage(b: Book, *, fold: bool = True) -> tuple[list[Finding], int]:
                 max_units=units,
             )
         )
-    return findings, len(combos)
+    if skewed:
+        gaps = {id(cmb): gap for cmb, gap in skewed}
+        for kind, anchor, cmb in _group(b, [cmb for cmb, _ in skewed], covered, fold):
+            legs = tuple(_leg(b, r, i, side, q) for r, i, side, q in cmb.legs)
+            gap_s = gaps[id(cmb)] / 1e9
+            findings.append(
+                Finding(
+                    kind="leg_skew",
+                    anchor=f"{kind}:{anchor}",
+                    legs=legs,
+                    edge=cmb.edge,
+                    score=gap_s,
+                    explanation=(
+                        f"not an arbitrage: {cmb.why}, but its legs were quoted {gap_s:.1f}s apart "
+                        f"(apparent edge ${cmb.edge:.2f}/unit); quotes of different moments"
+                    ),
+                    severity=Severity.WARN,
+                    contracts=tuple(leg.key for leg in legs),
+                )
+            )
+    return findings, len(combos) + len(skewed)
 
 
 def _leg(b: Book, r: int, i: int, side: Side, qty: int) -> Leg:

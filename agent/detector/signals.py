@@ -24,8 +24,9 @@ Status = Literal["new", "active", "resolved"]
 
 ARBITRAGE_KINDS: Final = ("parity", "box", "vertical", "butterfly", "intrinsic")
 """Riskless trades on executable quotes after costs (static no-arbitrage bounds, American-valid)."""
-QUALITY_KINDS: Final = ("crossed", "stale", "wide_spread", "zero_bid", "bad_quote")
-"""Quote-quality findings; a quote found bad here is never a leg of an arbitrage signal."""
+QUALITY_KINDS: Final = ("crossed", "stale", "wide_spread", "zero_bid", "bad_quote", "leg_skew")
+"""Quote-quality findings; a quote found bad here is never a leg of an arbitrage signal. ``leg_skew``
+is a would-be arbitrage whose legs were quoted too far apart in time to be one trade."""
 RELATIVE_KINDS: Final = ("smile_outlier", "iv_jump")
 FLOW_KINDS: Final = ("volume_spike", "trade_through")
 SIGNAL_KINDS: Final = ARBITRAGE_KINDS + QUALITY_KINDS + RELATIVE_KINDS + FLOW_KINDS

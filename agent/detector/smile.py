@@ -31,6 +31,16 @@ FloatArray = npt.NDArray[np.float64]
 _TUKEY_C = 4.685
 
 
+def median(a: FloatArray) -> float:
+    """Median of a non-empty 1-D array (``np.partition``: a fraction of ``np.median``'s overhead)."""
+    n = a.size
+    h = n // 2
+    if n % 2:
+        return float(np.partition(a, h)[h])
+    p = np.partition(a, (h - 1, h))
+    return 0.5 * float(p[h - 1] + p[h])
+
+
 @dataclass(frozen=True, slots=True)
 class SviParams:
     """Raw SVI in ``x = ln(K/F)`` and total variance."""
@@ -58,15 +68,40 @@ class SviResult:
 class SviFitter:
     """Keeps the previous solution to warm-start the next update."""
 
-    def __init__(self, local_grid: int = 1) -> None:
+    def __init__(self, local_grid: int = 1, full_every: int = 1) -> None:
         self._m_x: float | None = None
         self._s_x: float | None = None
         self._dm = 0.25
         self._ds = 0.35
         self._g = local_grid
+        self._full_every = max(full_every, 1)
+        self._since_full = 0
+        self._prev: SviParams | None = None
 
     def reset(self) -> None:
         self._m_x = self._s_x = None
+        self._prev = None
+        self._since_full = 0
+
+    def _adapt(self, moved: bool) -> None:
+        f = 1.5 if moved else 0.6
+        self._dm = min(max(self._dm * f, 0.005), 0.5)
+        self._ds = min(max(self._ds * f, 0.005), 0.7)
+
+    def _robust(
+        self, z: FloatArray, y: FloatArray, base: FloatArray, p: tuple[float, float, float, float, float]
+    ) -> FloatArray:
+        """Tukey biweights of the residuals (in half-spreads) against ``p``; scale MAD, >= 1."""
+        return self._weights(y - self._eval(z, p), base)
+
+    @staticmethod
+    def _weights(resid: FloatArray, base: FloatArray) -> FloatArray:
+        r = np.sqrt(base) * resid
+        used = np.abs(r[base > 0])
+        scale = max(1.4826 * median(used), 1.0) if used.size else 1.0
+        u = r / (_TUKEY_C * scale)
+        out: FloatArray = base * np.where(np.abs(u) < 1.0, (1.0 - u * u) ** 2, 0.0)
+        return out
 
     def fit(
         self, x: FloatArray, iv: FloatArray, tau: float, vega: FloatArray, half_spread: FloatArray
@@ -77,7 +112,7 @@ class SviFitter:
             return None
         w_obs = iv * iv * tau
         near = np.argsort(np.abs(x))[: min(4, n)]
-        theta = float(np.sqrt(np.median(w_obs[near])))
+        theta = math.sqrt(median(w_obs[near]))
         if not (theta > 0 and math.isfinite(theta)):
             return None
         z = x / theta
@@ -88,6 +123,9 @@ class SviFitter:
         base = np.where(np.isfinite(base), base, 0.0)
         if np.count_nonzero(base > 0) < 5:
             return None
+        prev = self._prev
+        warm = prev is not None and self._since_full < self._full_every - 1
+        m0 = s0 = 0.0
         if self._m_x is None or self._s_x is None:
             ms = np.linspace(-1.5, 1.5, 13)
             ss = np.geomspace(0.05, 4.0, 13)
@@ -96,34 +134,46 @@ class SviFitter:
             self._dm, self._ds = 0.25, 0.35
         else:
             m0, s0 = self._m_x / theta, self._s_x / theta
-            off = np.arange(-self._g, self._g + 1, dtype=np.float64)
+            g = 1 if warm else self._g
+            off = np.arange(-g, g + 1, dtype=np.float64)
             mg, sg = np.meshgrid(m0 + off * self._dm, s0 * np.exp(off * self._ds), indexing="ij")
             cand_m, cand_s = mg.ravel(), np.clip(sg.ravel(), 1e-3, 50.0)
-        w = base
-        best = self._solve(z, y, w, cand_m, cand_s)
-        for _ in range(3):
-            r = np.sqrt(base) * (y - self._eval(z, best))
-            scale = max(1.4826 * float(np.median(np.abs(r[base > 0]))), 1.0)
-            u = r / (_TUKEY_C * scale)
-            w = base * np.where(np.abs(u) < 1.0, (1.0 - u * u) ** 2, 0.0)
+        if warm and prev is not None:
+            # warm update: the robust weights from the previous solution's (m, sigma), then one
+            # local search with them (two small solves instead of a full robust fit)
+            w = self._weights(y - prev.total_variance(x) / (theta * theta), base)
             if np.count_nonzero(w) < 5:
                 w = base
-                break
-            best = self._solve(z, y, w, np.array([best[3]]), np.array([best[4]]))
-        # a final local search with the robust weights, adapting the step for the next update
-        if self._m_x is not None:
-            off = np.arange(-self._g, self._g + 1, dtype=np.float64)
-            mg, sg = np.meshgrid(best[3] + off * self._dm, best[4] * np.exp(off * self._ds), indexing="ij")
-            new = self._solve(z, y, w, mg.ravel(), np.clip(sg.ravel(), 1e-3, 50.0))
-            moved = (new[3] != best[3]) or (new[4] != best[4])
+            new = self._solve(z, y, w, cand_m, cand_s)
+            moved = (new[3] != m0) or (new[4] != s0)
             best = new
-            f = 1.5 if moved else 0.6
-            self._dm = min(max(self._dm * f, 0.005), 0.5)
-            self._ds = min(max(self._ds * f, 0.005), 0.7)
+            self._adapt(moved)
+            self._since_full += 1
+        else:
+            w = base
+            best = self._solve(z, y, w, cand_m, cand_s)
+            for _ in range(3):
+                w = self._robust(z, y, base, best)
+                if np.count_nonzero(w) < 5:
+                    w = base
+                    break
+                best = self._solve(z, y, w, np.array([best[3]]), np.array([best[4]]))
+            # a final local search with the robust weights, adapting the step for the next update
+            if self._m_x is not None:
+                off = np.arange(-self._g, self._g + 1, dtype=np.float64)
+                mg, sg = np.meshgrid(
+                    best[3] + off * self._dm, best[4] * np.exp(off * self._ds), indexing="ij"
+                )
+                new = self._solve(z, y, w, mg.ravel(), np.clip(sg.ravel(), 1e-3, 50.0))
+                moved = (new[3] != best[3]) or (new[4] != best[4])
+                best = new
+                self._adapt(moved)
+            self._since_full = 0
         a, c1, c2, m, s = best
         self._m_x, self._s_x = m * theta, s * theta
         rho = c1 / c2 if c2 > 0 else 0.0
         params = SviParams(a=a * theta * theta, b=c2 * theta, rho=rho, m=m * theta, sigma=s * theta)
+        self._prev = params
         fit_w = np.maximum(params.total_variance(x), 1e-300)
         fit_iv = np.sqrt(fit_w / tau)
         used = w > 0

@@ -9,7 +9,7 @@ change time, baselines) over to the strikes that remain.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -83,6 +83,116 @@ class History:
         return h
 
 
+@dataclass(frozen=True, slots=True)
+class _Columns:
+    """The quotes of one update as arrays (one entry per quote, update order)."""
+
+    strike: FloatArray
+    row: IntArray
+    bid: FloatArray
+    ask: FloatArray
+    bid_size: IntArray
+    ask_size: IntArray
+    flags: IntArray
+    last: FloatArray
+    last_size: IntArray
+    volume: IntArray
+    ts: IntArray
+
+    @classmethod
+    def of(cls, quotes: Sequence[OptionQuote]) -> _Columns:
+        try:
+            return cls._extract(quotes)
+        except (TypeError, ValueError, OverflowError):
+            # a malformed field somewhere (a strike that is not a number, a size that is NaN, ...):
+            # keep the quotes that can be placed, with their sizes cleaned, and extract again
+            kept = [q for q in quotes if isinstance(q.strike, float | int)]
+            return cls._extract([_clean(q) for q in kept])
+
+    @classmethod
+    def _extract(cls, qs: Sequence[OptionQuote]) -> _Columns:
+        n = len(qs)
+        f64, i64 = np.float64, np.int64
+        call = Right.CALL
+        strike = np.fromiter([q.strike for q in qs], f64, n)
+        row = np.fromiter([q.right is not call for q in qs], i64, n)
+        cols = cls(
+            strike=strike,
+            row=row,
+            bid=np.fromiter([q.bid for q in qs], f64, n),
+            ask=np.fromiter([q.ask for q in qs], f64, n),
+            bid_size=np.fromiter([q.bid_size for q in qs], i64, n),
+            ask_size=np.fromiter([q.ask_size for q in qs], i64, n),
+            flags=np.fromiter([q.flags for q in qs], i64, n),
+            last=np.fromiter([q.last for q in qs], f64, n),
+            last_size=np.fromiter([q.last_size for q in qs], i64, n),
+            volume=np.fromiter([q.volume for q in qs], i64, n),
+            ts=np.fromiter([q.quote_ts_ns for q in qs], i64, n),
+        )
+        with np.errstate(invalid="ignore"):
+            placeable = np.isfinite(strike) & (strike > 0)
+        if not placeable.all():  # a contract that cannot be placed on a strike axis is ignored
+            cols = cols.take(np.flatnonzero(placeable))
+        return cols
+
+    def take(self, idx: IntArray) -> _Columns:
+        return _Columns(*(getattr(self, f)[idx] for f in _COLUMN_FIELDS))
+
+    def last_per_contract(self) -> _Columns:
+        """One entry per (strike, right): the last one of the update (a later quote wins)."""
+        n = self.strike.size
+        if n < 2:
+            return self
+        key = self.strike * 2.0 + self.row
+        _, first_rev = np.unique(key[::-1], return_index=True)
+        if first_rev.size == n:
+            return self
+        return self.take(np.sort(n - 1 - first_rev))
+
+
+_COLUMN_FIELDS = (
+    "strike",
+    "row",
+    "bid",
+    "ask",
+    "bid_size",
+    "ask_size",
+    "flags",
+    "last",
+    "last_size",
+    "volume",
+    "ts",
+)
+
+
+def _int_or(v: object, default: int) -> int:
+    try:
+        out: int = int(v)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        return default
+    return out
+
+
+def _clean(q: OptionQuote) -> OptionQuote:
+    """A quote whose integer fields are integers (a bad size becomes -1: flagged as bad below)."""
+    return OptionQuote(
+        strike=float(q.strike),
+        right=q.right,
+        bid=q.bid,
+        ask=q.ask,
+        bid_size=_int_or(q.bid_size, -1),
+        ask_size=_int_or(q.ask_size, -1),
+        last=q.last,
+        last_size=_int_or(q.last_size, 0),
+        volume=_int_or(q.volume, 0),
+        quote_ts_ns=_int_or(q.quote_ts_ns, 0),
+        flags=QuoteFlag(_int_or(q.flags, int(QuoteFlag.BAD_VALUE))),
+    )
+
+
+_BOOK_FIELDS = ("bid", "ask", "bid_size", "ask_size", "flags", "last", "last_size", "volume", "ts", "asof")
+
+
 class ChainState:
     """Arrays of the latest quotes of one expiry plus per-contract histories."""
 
@@ -92,9 +202,7 @@ class ChainState:
         self.multiplier = 100
         self.tick = 0.01
         self.underlying = math.nan
-        self.quotes: dict[tuple[float, Right], OptionQuote] = {}
         self.strikes: FloatArray = np.zeros(0)
-        self.index: dict[float, int] = {}
         self._alloc(0)
         self.history = History.empty(0)
         self.touched: BoolArray = np.zeros((2, 0), bool)
@@ -113,115 +221,104 @@ class ChainState:
         self.last: FloatArray = np.zeros((2, n))
         self.last_size: IntArray = np.zeros((2, n), np.int64)
         self.volume: IntArray = np.zeros((2, n), np.int64)
+        self.ts: IntArray = np.zeros((2, n), np.int64)
+        """``quote_ts_ns`` of each contract's latest quote (0: not stamped)."""
+        self.asof: IntArray = np.zeros((2, n), np.int64)
+        """When each quote was last known to stand (0: unknown): its stamp when it arrives; then, on
+        a stream of incremental updates, the time of every later update that did not change it (a
+        live stream would have sent the change). A ``full`` update (a snapshot) vouches only for
+        its stamps: quotes of a snapshot taken over several seconds keep their different times."""
 
     @property
     def n(self) -> int:
         return int(self.strikes.size)
 
     def apply(self, updates: Iterable[ChainUpdate], now_ns: int, und: float) -> None:
-        """Fold updates (oldest first) into the book; marks what they touched."""
-        self.prev_bid = self.bid.copy()
-        self.prev_ask = self.ask.copy()
-        rebuild = False
-        rows: list[tuple[int, int, float, float, int, int, int, float, int, int]] = []
+        """Fold updates (oldest first) into the book; marks what they touched.
+
+        Quotes are written into the arrays with numpy (no per-quote Python work beyond reading the
+        fields); a new strike, a removed strike, a ``full`` update or a new expiry changes the
+        layout (strikes ascending) and remaps every array and history to it.
+        """
+        old_strikes = self.strikes
+        prev_bid, prev_ask = self.bid.copy(), self.ask.copy()
+        touched = np.zeros((2, self.n), bool)
+        layout_changed = snapshot = False
         for u in updates:
+            snapshot |= u.full
             if u.full or (self.expiry and u.expiry != self.expiry):
-                self.quotes.clear()
-                rebuild = True
+                self._relayout(np.zeros(0), keep=False)
+                touched = np.zeros((2, 0), bool)
+                layout_changed = True
             self.symbol, self.expiry = u.symbol, u.expiry
             self.multiplier = u.multiplier if u.multiplier > 0 else 100
             self.tick = u.tick if u.tick > 0 and math.isfinite(u.tick) else 0.01
             if math.isfinite(u.underlying) and u.underlying > 0:
                 self.underlying = u.underlying
-            for k in u.removed_strikes:
-                self.quotes.pop((k, Right.CALL), None)
-                self.quotes.pop((k, Right.PUT), None)
-                rebuild = True
-            index = self.index
-            for q in u.quotes:
-                k = q.strike
-                if not (isinstance(k, float | int) and math.isfinite(k) and k > 0):
-                    continue  # a contract that cannot be placed on a strike axis is ignored
-                self.quotes[q.key] = q
-                if rebuild:
-                    continue
-                i = index.get(k)
-                if i is None:
-                    rebuild = True
-                    continue
-                rows.append(
-                    (
-                        0 if q.right is Right.CALL else 1,
-                        i,
-                        q.bid,
-                        q.ask,
-                        q.bid_size,
-                        q.ask_size,
-                        int(q.flags),
-                        q.last,
-                        q.last_size,
-                        q.volume,
-                    )
-                )
-        if rebuild:
-            self._rebuild(now_ns, und)
-            return
-        self.layout_changed = False
-        touched = np.zeros((2, self.n), bool)
-        if rows:
-            cols = list(zip(*rows, strict=True))
-            r = np.asarray(cols[0], np.int64)
-            ci = np.asarray(cols[1], np.int64)
-            self.present[r, ci] = True
-            self.bid[r, ci] = np.asarray(cols[2], np.float64)
-            self.ask[r, ci] = np.asarray(cols[3], np.float64)
-            self.bid_size[r, ci] = np.asarray(cols[4], np.float64).astype(np.int64)
-            self.ask_size[r, ci] = np.asarray(cols[5], np.float64).astype(np.int64)
-            self.flags[r, ci] = np.asarray(cols[6], np.int64)
-            self.last[r, ci] = np.asarray(cols[7], np.float64)
-            self.last_size[r, ci] = np.asarray(cols[8], np.float64).astype(np.int64)
-            self.volume[r, ci] = np.asarray(cols[9], np.float64).astype(np.int64)
-            touched[r, ci] = True
+            if u.removed_strikes:
+                gone = np.asarray(u.removed_strikes, np.float64)
+                keep = ~np.isin(self.strikes, gone)
+                if not keep.all():
+                    touched = touched[:, keep]
+                    self._relayout(self.strikes[keep], keep=True)
+                    layout_changed = True
+            if not u.quotes:
+                continue
+            c = _Columns.of(u.quotes).last_per_contract()
+            if c.strike.size == 0:
+                continue
+            k = self.strikes
+            pos = np.searchsorted(k, c.strike)
+            known = pos < k.size
+            known[known] = k[pos[known]] == c.strike[known]
+            if not known.all():
+                new_k = np.union1d(k, c.strike[~known])
+                grown = np.zeros((2, new_k.size), bool)
+                grown[:, np.searchsorted(new_k, k)] = touched
+                touched = grown
+                self._relayout(new_k, keep=True)
+                layout_changed = True
+                pos = np.searchsorted(self.strikes, c.strike)
+            r = c.row
+            self.present[r, pos] = True
+            for name in _BOOK_FIELDS[:-1]:
+                getattr(self, name)[r, pos] = getattr(c, name)
+            self.asof[r, pos] = c.ts
+            touched[r, pos] = True
+        self.layout_changed = layout_changed
+        if not snapshot:
+            self.asof[self.present & ~touched] = now_ns
+        if layout_changed:
+            n = self.n
+            common, old_cols, new_cols = np.intersect1d(old_strikes, self.strikes, return_indices=True)
+            del common
+            self.history = self.history.remap(
+                old_cols.astype(np.int64), new_cols.astype(np.int64), n, now_ns, und
+            )
+            pb, pa = np.full((2, n), np.nan), np.full((2, n), np.nan)
+            pb[:, new_cols], pa[:, new_cols] = prev_bid[:, old_cols], prev_ask[:, old_cols]
+            prev_bid, prev_ask = pb, pa
+        self.prev_bid, self.prev_ask = prev_bid, prev_ask
         self.touched = touched
         with np.errstate(invalid="ignore"):
-            changed = touched & ~((self.bid == self.prev_bid) & (self.ask == self.prev_ask))
+            changed = touched & ~((self.bid == prev_bid) & (self.ask == prev_ask))
         self.price_changed = changed
         h = self.history
         h.price_change_ns[changed] = now_ns
         h.ref_und[changed] = und
         h.moved_since_ns[changed] = -1
 
-    def _rebuild(self, now_ns: int, und: float) -> None:
-        old_strikes, old_bid, old_ask = self.strikes, self.bid, self.ask
-        strikes = np.array(sorted({k for k, _ in self.quotes}), dtype=np.float64)
-        n = strikes.size
+    def _relayout(self, strikes: FloatArray, *, keep: bool) -> None:
+        """Arrays for ``strikes`` (ascending), carrying over the quotes of the strikes kept when
+        ``keep`` (histories are remapped once, at the end of :meth:`apply`)."""
+        old_k = self.strikes
+        old = {name: getattr(self, name) for name in ("present", *_BOOK_FIELDS)}
         self.strikes = strikes
-        self.index = {float(k): j for j, k in enumerate(strikes.tolist())}
-        self._alloc(n)
-        for q in self.quotes.values():
-            r, i = (0 if q.right is Right.CALL else 1), self.index[float(q.strike)]
-            self.present[r, i] = True
-            self.bid[r, i], self.ask[r, i] = q.bid, q.ask
-            self.bid_size[r, i], self.ask_size[r, i] = int(q.bid_size), int(q.ask_size)
-            self.flags[r, i] = int(q.flags)
-            self.last[r, i], self.last_size[r, i], self.volume[r, i] = q.last, int(q.last_size), int(q.volume)
-        common, old_cols, new_cols = np.intersect1d(old_strikes, strikes, return_indices=True)
-        del common
-        self.history = self.history.remap(
-            old_cols.astype(np.int64), new_cols.astype(np.int64), n, now_ns, und
-        )
-        pb, pa = np.full((2, n), np.nan), np.full((2, n), np.nan)
-        pb[:, new_cols], pa[:, new_cols] = old_bid[:, old_cols], old_ask[:, old_cols]
-        self.prev_bid, self.prev_ask = pb, pa
-        self.touched = self.present.copy()
-        with np.errstate(invalid="ignore"):
-            changed = self.present & ~((self.bid == pb) & (self.ask == pa))
-        self.price_changed = changed
-        h = self.history
-        h.price_change_ns[changed] = now_ns
-        h.ref_und[changed] = und
-        h.moved_since_ns[changed] = -1
-        self.layout_changed = True
+        self._alloc(strikes.size)
+        if keep and old_k.size and strikes.size:
+            _, old_cols, new_cols = np.intersect1d(old_k, strikes, return_indices=True)
+            for name, arr in old.items():
+                getattr(self, name)[:, new_cols] = arr[:, old_cols]
 
     def usable(self) -> tuple[BoolArray, BoolArray, BoolArray]:
         """``(bid_ok, ask_ok, bad_value)``: sides that can be traded, and malformed quotes.

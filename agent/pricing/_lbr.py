@@ -426,3 +426,34 @@ def solve_normalised(beta: FloatArray, x: FloatArray) -> tuple[FloatArray, BoolA
             unsorted_ok[order] = converged
             return unsorted_s, unsorted_ok
     return s, converged
+
+
+def refine_normalised(
+    beta: FloatArray, x: FloatArray, s: FloatArray, steps: int = 2
+) -> tuple[FloatArray, BoolArray]:
+    """Householder(3) steps on ``b(x, s) = beta`` from a close guess ``s`` (e.g. the previous update's).
+
+    Same domain as :func:`solve_normalised`. An element is ``converged`` when its last step, and
+    the plain Newton step it corrects, were below ``_SETTLED`` relative (the method is of fourth
+    order: the error is then far below 1e-15 relative); otherwise (a guess far from the root, where
+    the correction terms overflow and the step can vanish without ``b`` being near ``beta``) the
+    caller solves it from scratch. ``b`` is monotone in ``s``, so a converged element is *the* root
+    whatever the guess was.
+    """
+    with np.errstate(all="ignore"):
+        e_plus = np.exp(0.5 * x)
+        e_minus = 1.0 / e_plus
+        ds = newton = np.full(s.shape, np.inf)
+        for _ in range(steps):
+            h = x / s
+            t = 0.5 * s
+            b = e_plus * ndtr(h + t) - e_minus * ndtr(h - t)
+            bp = ONE_OVER_SQRT_TWO_PI * np.exp(-0.5 * (h * h + t * t))
+            b_halley = h * h / s - 0.25 * s
+            h_s = h / s
+            newton = (beta - b) / bp
+            ds = _householder(newton, b_halley, b_halley * b_halley - 3.0 * h_s * h_s - 0.25)
+            s = s + np.maximum(ds, -0.5 * s)
+        small = _SETTLED * s
+        converged = np.isfinite(s) & (s > 0) & (np.abs(ds) <= small) & (np.abs(newton) <= small)
+    return s, converged

@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.special import ndtr
 
-from agent.pricing._lbr import normalised_vega, solve_normalised
+from agent.pricing._lbr import normalised_vega, refine_normalised, solve_normalised
 from agent.pricing.black import MIN_TAU_YEARS, ONE_OVER_SQRT_TWO_PI, ArrayLike, FloatArray, Greeks
 from agent.session import TRADING_MINUTES_PER_YEAR
 
@@ -104,9 +104,15 @@ def implied_vol(
     tau: ArrayLike,
     is_call: ArrayLike,
     discount: ArrayLike = 1.0,
+    *,
+    guess: ArrayLike | None = None,
 ) -> ImpliedVol:
-    """Black-76 implied volatility of discounted option prices; broadcasts over all arguments."""
-    r = _solve(price, forward, strike, tau, is_call, discount)
+    """Black-76 implied volatility of discounted option prices; broadcasts over all arguments.
+
+    ``guess`` (volatilities, NaN where unknown) starts the solve near the answer, e.g. the previous
+    update's vols of the same contracts: two Householder steps then replace the full method where
+    they converge (same accuracy: the answer is the root, only the starting point differs)."""
+    r = _solve(price, forward, strike, tau, is_call, discount, guess)
     return ImpliedVol(vol=r.vol.reshape(r.shape), reason=r.reason.reshape(r.shape))
 
 
@@ -117,9 +123,12 @@ def implied_vol_and_greeks(
     tau: ArrayLike,
     is_call: ArrayLike,
     discount: ArrayLike = 1.0,
+    *,
+    guess: ArrayLike | None = None,
 ) -> ChainAnalytics:
-    """Implied volatility plus price, delta, gamma, vega and theta at it, in one pass."""
-    r = _solve(price, forward, strike, tau, is_call, discount)
+    """Implied volatility plus price, delta, gamma, vega and theta at it, in one pass (``guess``:
+    see :func:`implied_vol`)."""
+    r = _solve(price, forward, strike, tau, is_call, discount, guess)
     f, v, df, t = r.forward, r.s, r.discount, r.tau
     with np.errstate(all="ignore"):
         # The price at the implied volatility is the input price (to ~1e-13 relative): reuse it.
@@ -149,6 +158,7 @@ def _solve(
     tau: ArrayLike,
     is_call: ArrayLike,
     discount: ArrayLike,
+    guess: ArrayLike | None = None,
 ) -> _Solved:
     p, f, k, t, c, d = np.broadcast_arrays(
         np.asarray(price, dtype=np.float64),
@@ -179,18 +189,32 @@ def _solve(
         todo = ~(bad | above | tiny)  # NaN extrinsic is caught by `bad`
         if todo.all():
             reason = np.zeros(n, dtype=np.int8)
-            s, converged = solve_normalised(beta, x_otm)
+            idx = None
         else:
             reason = np.select(
                 [bad, extrinsic < 0, extrinsic == 0, above, tiny],
                 [_BAD_INPUT, _BELOW_INTRINSIC, _NO_EXTRINSIC, _ABOVE_MAXIMUM, _NO_VEGA],
                 _OK,
             ).astype(np.int8)
-            s = np.full(n, np.nan)
-            converged = np.zeros(n, dtype=bool)
             idx = np.flatnonzero(todo)
-            if idx.size:
-                s[idx], converged[idx] = solve_normalised(beta[idx], x_otm[idx])
+        s = np.full(n, np.nan)
+        converged = np.zeros(n, dtype=bool)
+        sel: slice | npt.NDArray[np.intp] = slice(None) if idx is None else idx
+        b_sel, x_sel = beta[sel], x_otm[sel]
+        if b_sel.size:
+            warm = np.zeros(0, np.intp)
+            if guess is not None:
+                g = np.broadcast_to(np.asarray(guess, dtype=np.float64), shape).ravel()[sel] * np.sqrt(t[sel])
+                warm = np.flatnonzero(g > 0)  # NaN guesses are not > 0
+            if warm.size:
+                s_sel, ok_sel = np.full(b_sel.size, np.nan), np.zeros(b_sel.size, bool)
+                s_sel[warm], ok_sel[warm] = refine_normalised(b_sel[warm], x_sel[warm], g[warm])
+                cold = np.flatnonzero(~ok_sel)
+                if cold.size:
+                    s_sel[cold], ok_sel[cold] = solve_normalised(b_sel[cold], x_sel[cold])
+            else:
+                s_sel, ok_sel = solve_normalised(b_sel, x_sel)
+            s[sel], converged[sel] = s_sel, ok_sel
         failed = todo & ~converged
         if failed.any():
             reason[failed] = _NOT_CONVERGED

@@ -13,6 +13,7 @@ def test_detector_thresholds_come_from_settings() -> None:
         DetectorSettings(commission_per_contract=1.0, max_leg_skew_ms=250, resolve_after_ms=20)
     )
     assert cfg.commission_per_contract == 1.0
+    assert cfg.max_leg_skew_ns == 250_000_000
     assert cfg.resolve_after_ns == 20_000_000
     s = load_settings(detector={"volume_spike_mult": 12})
     assert detector_config(s.detector).volume_spike_mult == 12

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
 import time
 from types import ModuleType
 
@@ -41,39 +42,54 @@ def _market(seed: int = 3) -> tuple[SimulatedMarket, ChainUpdate, UnderlyingTick
     return m, chain, und
 
 
+def _load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min) {five:.2f} (5 min) on {os.cpu_count()} CPU(s)"
+
+
 @pytest.mark.bench
 def test_bench_on_chain_latency_600_contracts() -> None:
+    """Three seeded runs of 1500 simulator steps each (the update as the agent gets it: the quotes
+    that changed, folded and evaluated), then a full 602-quote update each time."""
+    print(f"\non_chain, 602-contract chain; {_load()}")
+    pooled: list[float] = []
+    for seed in (3, 4, 5):
+        m, chain, und = _market(seed)
+        det = Detector(DetectorConfig(), DAY)
+        det.on_chain(chain, und, m.now_ns)
+        evals: list[int] = []
+        sizes: list[int] = []
+        for _ in range(1500):
+            st = m.step()
+            ups = [e for e in st.events if isinstance(e, ChainUpdate)]
+            for e in st.events:
+                if isinstance(e, UnderlyingTick):
+                    und = e
+            if not ups:
+                continue
+            received = time.perf_counter_ns()
+            out = det.on_chain(ups, und, st.ts_ns, received_ns=received)
+            evals.append(out.lag_ns)
+            sizes.append(sum(len(u.quotes) for u in ups))
+        a = np.array(evals[50:]) / 1e3
+        pooled.extend(a.tolist())
+        print(
+            f"  seed {seed}: {a.size} updates (median {int(np.median(sizes))} quotes changed): "
+            f"p50 {np.percentile(a, 50):7.1f} us  p90 {np.percentile(a, 90):7.1f} us  "
+            f"p99 {np.percentile(a, 99):7.1f} us  max {a.max():8.1f} us"
+        )
+    p = np.array(pooled)
+    print(
+        f"  all:    p50 {np.percentile(p, 50):7.1f} us  p90 {np.percentile(p, 90):7.1f} us  "
+        f"p99 {np.percentile(p, 99):7.1f} us   (target p99 < 2000 us); {_load()}"
+    )
+    # a full-chain update every time (what a replay of full snapshots costs)
     m, chain, und = _market()
-    det = Detector(DetectorConfig(), DAY)
-    det.on_chain(chain, und, m.now_ns)
-    evals: list[int] = []
-    sizes: list[int] = []
-    for _ in range(1500):
-        st = m.step()
-        ups = [e for e in st.events if isinstance(e, ChainUpdate)]
-        for e in st.events:
-            if isinstance(e, UnderlyingTick):
-                und = e
-        if not ups:
-            continue
-        received = time.perf_counter_ns()
-        out = det.on_chain(ups, und, st.ts_ns, received_ns=received)
-        evals.append(out.lag_ns)
-        sizes.append(sum(len(u.quotes) for u in ups))
-    a = np.array(evals[50:]) / 1e3
-    print(
-        f"\non_chain, 602-contract chain, {a.size} sim updates (median {int(np.median(sizes))} quotes changed each):"
-    )
-    print(
-        f"  p50 {np.percentile(a, 50):8.1f} us   p90 {np.percentile(a, 90):8.1f} us   "
-        f"p99 {np.percentile(a, 99):8.1f} us   max {a.max():8.1f} us   (target p99 < 2000 us)"
-    )
-    # a full-chain rebuild on every update (what a replay of full snapshots costs)
     det2 = Detector(DetectorConfig(), DAY)
     full = []
-    for _ in range(200):
+    for i in range(200):
         t0 = time.perf_counter_ns()
-        det2.on_chain(chain, und, m.now_ns)
+        det2.on_chain(chain, und, m.now_ns + i)
         full.append(time.perf_counter_ns() - t0)
     f = np.array(full[20:]) / 1e3
     print(
@@ -99,9 +115,10 @@ def test_bench_whole_detector_vs_py_vollib_vectorized_iv() -> None:
     empty = ChainUpdate(chain.symbol, chain.expiry, (), underlying=m.spot)
     now = m.now_ns
     ours = []
+    out = det.on_chain(empty, und, now)
     for i in range(400):
         t0 = time.perf_counter_ns()
-        det.on_chain(empty, und, now + i)
+        out = det.on_chain(empty, und, now + 1 + i)
         ours.append(time.perf_counter_ns() - t0)
     best_ours = min(ours) / 1e3
     med_ours = float(np.median(ours)) / 1e3
@@ -111,14 +128,23 @@ def test_bench_whole_detector_vs_py_vollib_vectorized_iv() -> None:
     pvv = _peer("py_vollib_vectorized")
     if pvv is None:
         return
-    quotes = [q for q in chain.quotes if q.bid > 0 and q.ask > 0]
-    price = np.array([0.5 * (q.bid + q.ask) for q in quotes])
-    k = np.array([q.strike for q in quotes])
-    flag = np.array(["c" if q.right.value == "C" else "p" for q in quotes])
+    # every two-sided quote of the chain (a mid has an IV), at the chain's own forward and rate
+    book = det._state
+    two = (book.bid > 0) & (book.ask > 0)
+    rows, cols = np.nonzero(two)
+    price = 0.5 * (book.bid + book.ask)[rows, cols]
+    k = book.strikes[cols]
+    flag = np.where(rows == 0, "c", "p")
     tau = DAY.tau(now)
-    f = np.full(k.size, m.spot)
-    r = np.zeros(k.size)
+    fwd = out.forward
+    f = np.full(k.size, fwd)
     t = np.full(k.size, tau)
+    t_cal = (DAY.close_ns - now) / (365 * 24 * 3600 * 1e9)
+    r = np.full(k.size, DetectorConfig().max_rate * t_cal / tau)  # pvv discounts with r * t
+    n_otm = int(
+        np.count_nonzero(two[0] & (book.strikes >= fwd)) + np.count_nonzero(two[1] & (book.strikes < fwd))
+    )
+    print(f"  (of those, ours solves the {n_otm} out-of-the-money mids; the others add nothing but parity)")
     theirs = []
     for _ in range(100):
         t0 = time.perf_counter_ns()

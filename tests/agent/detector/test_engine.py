@@ -260,3 +260,75 @@ def test_coalesced_updates_are_one_evaluation() -> None:
     assert out.updates == 3
     assert out.lag_ns >= out.eval_ns > 0
     assert out.smile is not None
+
+
+# ---- leg skew: quotes of different moments -----------------------------------------------------
+
+
+def _parity_break(q: dict[tuple[float, Right], OptionQuote], call_ts: int, put_ts: int) -> None:
+    """A synthetic 0.15 rich at 590 (as in the parity test), the call and put stamped apart."""
+    c, p = q[(590.0, Right.CALL)], q[(590.0, Right.PUT)]
+    q[(590.0, Right.CALL)] = quote(590.0, Right.CALL, c.bid + 0.15, c.ask + 0.15, call_ts)
+    q[(590.0, Right.PUT)] = quote(590.0, Right.PUT, p.bid - 0.15, p.ask - 0.15, put_ts)
+
+
+def test_a_snapshot_whose_legs_were_quoted_seconds_apart_is_a_leg_skew_finding_not_an_arbitrage() -> None:
+    q = fair_chain(STRIKES)
+    _parity_break(q, NOW - 3_000_000_000, NOW)
+    out = run_one(q)
+    assert not [s for s in out if s.is_arbitrage]
+    skew = [s for s in out if s.kind == "leg_skew"]
+    assert [s.id for s in skew] == ["leg_skew:20260317:parity:590"]
+    assert "3.0s apart" in skew[0].explanation
+    assert {leg.key for leg in skew[0].legs} == {(590.0, Right.CALL), (590.0, Right.PUT)}
+    # within the limit (or with the check off) the same quotes are the parity arbitrage
+    q2 = fair_chain(STRIKES)
+    _parity_break(q2, NOW - 500_000_000, NOW)
+    assert "parity:20260317:590" in {s.id for s in run_one(q2)}
+    assert "parity:20260317:590" in {s.id for s in run_one(q, DetectorConfig(max_leg_skew_ns=0))}
+
+
+def test_on_a_stream_an_unchanged_quote_still_stands_so_its_old_stamp_is_no_skew() -> None:
+    """A live stream sends changes only: a quote it has not changed since is standing now. The
+    first (full) update is a snapshot with legs 3 s apart; the next incremental update, even an
+    empty one, vouches for every quote it leaves unchanged."""
+    det = Detector(DetectorConfig(), DAY)
+    q = fair_chain(STRIKES)
+    _parity_break(q, NOW - 3_000_000_000, NOW)
+    first = det.on_chain(update(q), und(), NOW).signals_changed
+    assert "leg_skew:20260317:parity:590" in {s.id for s in first}
+    assert not [s for s in first if s.is_arbitrage]
+    later = det.on_chain(ChainUpdate("SPY", DAY.expiry, (), underlying=S), und(), NOW + 250_000_000)
+    assert "parity:20260317:590" in {s.id for s in later.signals_changed if s.is_arbitrage}
+
+
+# ---- the book fold ------------------------------------------------------------------------------
+
+
+def test_folding_incremental_updates_gives_the_book_of_one_full_update() -> None:
+    """New strikes, removed strikes, a contract quoted twice in one batch (the later quote wins),
+    coalesced batches: the arrays end up as if the final book had come in one full update."""
+    q = fair_chain(STRIKES)
+    inc = Detector(DetectorConfig(), DAY)
+    inc.on_chain(update({k: v for k, v in q.items() if k[0] <= 600.0}), und(), NOW)
+    c599 = q[(599.0, Right.CALL)]
+    stale_599 = quote(599.0, Right.CALL, c599.bid + 1, c599.ask + 1)
+    batch = [
+        ChainUpdate("SPY", DAY.expiry, (stale_599,), underlying=S),
+        ChainUpdate(
+            "SPY",
+            DAY.expiry,
+            (*(v for k, v in q.items() if k[0] > 600.0), c599, stale_599, c599),
+            removed_strikes=(575.0, 576.0),
+            underlying=S,
+        ),
+    ]
+    inc.on_chain(batch, und(), NOW + 1)
+    final = {k: v for k, v in q.items() if k[0] >= 577.0}
+    full = Detector(DetectorConfig(), DAY)
+    full.on_chain(update(final), und(), NOW + 1)
+    a, b = inc._state, full._state
+    assert np.array_equal(a.strikes, b.strikes)
+    assert a.strikes[0] == 577.0
+    for name in ("present", "bid", "ask", "bid_size", "ask_size", "flags", "ts"):
+        assert np.array_equal(getattr(a, name), getattr(b, name), equal_nan=True), name

@@ -22,11 +22,11 @@ FILE_0317 = DATA / "ib_spy_chain_2025-03-17_1355ET.csv"
 FILE_0326 = DATA / "ib_spy_chain_2025-03-26_1555ET.csv"
 
 
-def detect(path: Path) -> tuple[ChainUpdate, DetectorOutput]:
+def detect(path: Path, cfg: DetectorConfig | None = None) -> tuple[ChainUpdate, DetectorOutput]:
     (snap,) = load_ib_csv(path)
     chain = snap.chains[0]  # the 0DTE expiry
     day = session(dt.datetime.strptime(chain.expiry, "%Y%m%d").date())
-    out = Detector(DetectorConfig(), day).on_chain(chain, snap.underlying, snap.ts_ns)
+    out = Detector(cfg or DetectorConfig(), day).on_chain(chain, snap.underlying, snap.ts_ns)
     return chain, out
 
 
@@ -42,20 +42,35 @@ def test_0326_five_minutes_before_the_close_has_no_arbitrage_signal() -> None:
     assert [s for s in out.signals_changed if s.kind in (*ARBITRAGE_KINDS, "crossed")] == []
 
 
-def test_0317_arbitrage_signals_are_real_at_the_printed_quotes_but_legs_are_seconds_apart() -> None:
-    """Three findings, all from the 567-569 strikes, all real at the bids and asks *as printed*,
-    none of the kinds the data README checked (vertical, butterfly, intrinsic, crossed).
+def test_0317_would_be_arbitrages_rest_on_legs_quoted_seconds_apart_and_are_quote_quality() -> None:
+    """Three would-be arbitrages, all from the 567-569 strikes, all there at the bids and asks *as
+    printed*, none of the kinds the data README checked (vertical, butterfly, intrinsic, crossed).
 
-    The call quotes were stamped at 17:54:54-55 UTC and the put quotes at 17:54:58: the
-    synthetic ``C - P`` drifts by about $0.10 across strikes with the underlying in those four
-    seconds, so a box or parity "arbitrage" appears between legs that were never quoted at the same
-    moment. The detector cannot tell from one snapshot whether the older quotes were still standing
-    (IB stamps a quote when it changes); these signals say what is there at the printed quotes.
+    The call quotes were stamped at 17:54:54-55 UTC and the put quotes at 17:54:58: the synthetic
+    ``C - P`` drifts by about $0.10 across strikes with the underlying in those four seconds, so a
+    box or parity "arbitrage" appears between legs that were never quoted at the same moment. With
+    the default leg-skew limit (1 s) they are ``leg_skew`` quote-quality findings, not arbitrage;
+    with the check off (``max_leg_skew_ns=0``) they are the parity and box signals they look like.
     """
     _, out = detect(FILE_0317)
-    arb = {s.id: s for s in out.signals_changed if s.is_arbitrage}
-    assert set(arb) == {"parity:20250317:569", "parity:20250317:568", "box:20250317:567C"}
+    assert [s for s in out.signals_changed if s.is_arbitrage] == []
+    skew = {s.id: s for s in out.signals_changed if s.kind == "leg_skew"}
+    assert set(skew) == {
+        "leg_skew:20250317:parity:569",
+        "leg_skew:20250317:parity:568",
+        "leg_skew:20250317:box:567C",
+    }
     rows = raw_rows(FILE_0317)
+    stamp = {key: dt.datetime.fromisoformat(r["time"]) for key, r in rows.items() if r["time"]}
+    for s in skew.values():
+        times = [stamp[(leg.strike, leg.right.value)] for leg in s.legs]
+        gap = (max(times) - min(times)).total_seconds()
+        assert gap > 1.0  # the legs were quoted seconds apart
+        assert f"{gap:.1f}s apart" in s.explanation
+
+    _, unchecked = detect(FILE_0317, DetectorConfig(max_leg_skew_ns=0))
+    arb = {s.id: s for s in unchecked.signals_changed if s.is_arbitrage}
+    assert set(arb) == {"parity:20250317:569", "parity:20250317:568", "box:20250317:567C"}
     com = 0.65 / 100
     s = arb["parity:20250317:569"]
     legs = {(leg.strike, leg.right): leg for leg in s.legs}
@@ -67,7 +82,7 @@ def test_0317_arbitrage_signals_are_real_at_the_printed_quotes_but_legs_are_seco
     edge = (und - 569.0) - (ca - pb) - 2 * com - 0.005
     assert edge > 0
     assert s.edge == pytest.approx(edge * 100, abs=0.02)
-    assert "box:20250317:567C" in arb
+    assert skew["leg_skew:20250317:parity:569"].edge == pytest.approx(s.edge)
     proceeds = (
         float(rows[(567.0, "C")]["bid"])
         - float(rows[(569.0, "C")]["ask"])
@@ -75,10 +90,6 @@ def test_0317_arbitrage_signals_are_real_at_the_printed_quotes_but_legs_are_seco
         - float(rows[(567.0, "P")]["ask"])
     )
     assert proceeds - 2.0 - 4 * com > 0  # a short box paying more than its width, at the printed quotes
-    call_t = max(rows[(k, "C")]["time"] for k in (567.0, 568.0, 569.0))
-    put_t = min(rows[(k, "P")]["time"] for k in (567.0, 568.0, 569.0))
-    gap = dt.datetime.fromisoformat(put_t) - dt.datetime.fromisoformat(call_t)
-    assert gap.total_seconds() > 2.0  # the legs were quoted seconds apart
 
 
 @pytest.mark.parametrize("path", [FILE_0317, FILE_0326])
