@@ -48,14 +48,15 @@ class ReplaySource:
         """Market time of the first timed item; 0 if none (or the recording is corrupt before one:
         ``play`` then reports the damage as a notice instead of the agent failing to start)."""
         try:
-            for item in self._iter():
+            for item in self.items():
                 if item.ts_ns:
                     return item.ts_ns
         except RecordingError:
             return 0
         return 0
 
-    def _iter(self) -> Iterator[TimedPayload]:
+    def items(self) -> Iterator[TimedPayload]:
+        """The payloads to replay, in order, with their recorded market time."""
         if self._items is not None:
             yield from self._items
             return
@@ -79,7 +80,7 @@ class ReplaySource:
         t0_market: int | None = None
         n = 0
         try:
-            for item in self._iter():
+            for item in self.items():
                 if t0_market is None and item.ts_ns:
                     t0_market = item.ts_ns
                 if not fast and t0_market is not None and item.ts_ns:

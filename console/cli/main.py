@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import sys
 import time
 from collections.abc import Coroutine
@@ -198,6 +199,95 @@ def record(
     finally:
         writer.close()
         output.stderr.print(f"recorded {writer.count} events to {file}", highlight=False)
+
+
+@app.command()
+def detect(
+    file: Annotated[Path, typer.Argument(help="a recording (spyctl record) or an IB chain CSV")],
+    json_out: Annotated[bool, typer.Option("--json", help="one JSON object per signal")] = False,
+    all_versions: Annotated[
+        bool, typer.Option("--all", help="every update of each signal, not the last")
+    ] = False,
+) -> None:
+    """Run the detector over a file offline and print its signals."""
+    from agent.feeds.replay import ReplayError
+    from agent.offline import detect_file
+    from agent.wire import signal_to_pb
+
+    try:
+        found = list(detect_file(file))
+    except (ReplayError, OSError) as exc:
+        output.fail(str(exc))
+        raise typer.Exit(output.USAGE) from None
+    if not all_versions:
+        found = list({s.id: s for s in found}.values())
+    messages = []
+    for sig in found:
+        msg = pb.Signal()
+        signal_to_pb(sig, msg)
+        messages.append(msg)
+    if json_out:
+        for msg in messages:
+            output.print_json_line(output.message_dict(msg))
+        return
+    output.print_table(
+        f"{len(messages)} signals in {file.name}",
+        ["id", "kind", "status", "edge $", "first seen", "explanation"],
+        [
+            [m.id, m.kind, m.status, f"{m.edge:,.2f}", ny_time(m.first_seen_ns), m.explanation]
+            for m in messages
+        ],
+    )
+
+
+@app.command()
+def score(
+    recording: Annotated[Path, typer.Argument(help="a recording of a simulated market with labels")],
+    labels: Annotated[
+        Path | None, typer.Option(help="labels JSONL (default: RECORDING.labels.jsonl)")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Per-kind precision and recall of the detector against a recording's ground-truth labels."""
+    from agent.feeds.replay import ReplayError
+    from agent.offline import labels_path_for, score_recording
+
+    labels_file = labels or labels_path_for(recording)
+    if not labels_file.is_file():
+        output.fail(f"no labels at {labels_file}: record with `spy-agent --labels FILE` and pass --labels")
+        raise typer.Exit(output.USAGE)
+    try:
+        scores = score_recording(recording, labels_file)
+    except (ReplayError, OSError, ValueError) as exc:
+        output.fail(str(exc))
+        raise typer.Exit(output.USAGE) from None
+    if json_out:
+        for k in scores.values():
+            output.print_json_line(
+                {
+                    "kind": k.kind,
+                    "signals": k.signals,
+                    "true_signals": k.true_signals,
+                    "labels": k.labels,
+                    "found_labels": k.found_labels,
+                    "precision": k.precision,
+                    "recall": k.recall,
+                    "collateral": k.collateral,
+                }
+            )
+        return
+    output.print_table(
+        f"detector vs labels of {recording.name}",
+        ["kind", "signals", "precision", "labels", "recall", "collateral"],
+        [
+            [k.kind, str(k.signals), _ratio(k.precision), str(k.labels), _ratio(k.recall), str(k.collateral)]
+            for k in scores.values()
+        ],
+    )
+
+
+def _ratio(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:.3f}"
 
 
 def _register_agent_command() -> None:

@@ -40,5 +40,14 @@ def print_kv(title: str, rows: Iterable[tuple[str, str]]) -> None:
     stdout.print(table)
 
 
+def print_table(title: str, columns: list[str], rows: Iterable[list[str]]) -> None:
+    table = Table(title=title, title_justify="left")
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
+    stdout.print(table)
+
+
 def fail(message: str) -> None:
     stderr.print(f"[bold red]error:[/] {message}", highlight=False)
