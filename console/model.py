@@ -33,6 +33,9 @@ class AgentView:
     changed_strikes: set[float] = field(default_factory=set)
     structure_changed: bool = True  # strikes added or removed: the ladder must be rebuilt
     envelopes: int = 0
+    signals: dict[str, pb.Signal] = field(default_factory=dict)  # open signals by id
+    signals_changed: bool = True
+    smile: pb.SmileFit | None = None
     notice_serial: int = 0  # notices appended so far (the deque keeps only the latest)
     notice_epoch: int = 0  # bumped when a snapshot replaces the notices
 
@@ -64,6 +67,10 @@ class AgentView:
             self.notice_serial += 1
         elif kind == "health":
             self.health = env.health
+        elif kind == "signal":
+            self._apply_signal(env.signal)
+        elif kind == "smile":
+            self.smile = env.smile
 
     def _apply_tick(self, tick: pb.UnderlyingTick) -> None:
         self.underlying_tick = tick
@@ -91,6 +98,26 @@ class AgentView:
             self.quotes[key] = q
             self.changed_strikes.add(q.strike)
 
+    def _apply_signal(self, sig: pb.Signal) -> None:
+        if sig.status == "resolved":
+            self.signals.pop(sig.id, None)
+        else:
+            self.signals[sig.id] = sig
+        self.signals_changed = True
+        self.changed_strikes.update(c.strike for c in sig.contracts)
+
+    def flagged(self) -> dict[tuple[float, int], pb.Signal]:
+        """The open signal of highest severity on each contract (for highlighting cells)."""
+        rank = {"critical": 3, "warn": 2, "info": 1}
+        out: dict[tuple[float, int], pb.Signal] = {}
+        for sig in self.signals.values():
+            for c in sig.contracts:
+                key = (c.strike, int(c.right))
+                cur = out.get(key)
+                if cur is None or rank.get(sig.severity, 0) > rank.get(cur.severity, 0):
+                    out[key] = sig
+        return out
+
     def _apply_snapshot(self, s: pb.Snapshot) -> None:
         self.incarnation = s.incarnation
         self.agent_id = s.agent_id
@@ -105,6 +132,10 @@ class AgentView:
             self._apply_chain(s.chain)
         if s.HasField("health"):
             self.health = s.health
+        self.signals = {sig.id: sig for sig in s.signals if sig.status != "resolved"}
+        self.signals_changed = True
+        if s.HasField("smile"):
+            self.smile = s.smile
         self.notices.clear()
         self.notices.extend(s.recent_notices)
         self.notice_serial += len(s.recent_notices)

@@ -34,16 +34,26 @@ def _side(q: pb.OptionQuote | None, field: str) -> str:
     return size(q.volume)
 
 
-def ladder_cells(view: AgentView, strike: float, atm: bool) -> list[Text]:
+SEVERITY_STYLE = {"critical": "bold white on dark_red", "warn": "bold black on yellow", "info": "underline"}
+SIGNAL_COLUMNS = ("Kind", "Status", "Edge $", "Explanation")
+
+
+def ladder_cells(
+    view: AgentView, strike: float, atm: bool, flagged: dict[tuple[float, int], pb.Signal] | None = None
+) -> list[Text]:
+    flagged = flagged or {}
     c = view.quotes.get((strike, CALL))
     p = view.quotes.get((strike, PUT))
+    c_sig, p_sig = flagged.get((strike, CALL)), flagged.get((strike, PUT))
+    c_style = SEVERITY_STYLE.get(c_sig.severity, "") if c_sig else ""
+    p_style = SEVERITY_STYLE.get(p_sig.severity, "") if p_sig else ""
     label = Text(f"{strike:g}", style="bold reverse" if atm else "bold", justify="center")
-    cells = [_side(c, "vol"), _side(c, "size"), _side(c, "bid"), _side(c, "ask")]
+    calls = [_side(c, "vol"), _side(c, "size"), _side(c, "bid"), _side(c, "ask")]
     puts = [_side(p, "bid"), _side(p, "ask"), _side(p, "size"), _side(p, "vol")]
     return [
-        *(Text(x, justify="right") for x in cells),
+        *(Text(x, justify="right", style=c_style if i >= 2 else "") for i, x in enumerate(calls)),
         label,
-        *(Text(x, justify="right") for x in puts),
+        *(Text(x, justify="right", style=p_style if i < 2 else "") for i, x in enumerate(puts)),
     ]
 
 
@@ -66,6 +76,7 @@ class ChainScreen(Screen[None]):
         with Vertical(id="main"):
             yield Static("", id="status")
             yield DataTable(id="ladder", cursor_type="row", zebra_stripes=False)
+            yield DataTable(id="signals", cursor_type="row", zebra_stripes=True)
             yield RichLog(id="notices", max_lines=200, markup=False, wrap=False)
         yield Footer()
 
@@ -73,6 +84,9 @@ class ChainScreen(Screen[None]):
         table = self.query_one("#ladder", DataTable)
         for col in COLUMNS:
             table.add_column(col, key=col)
+        signals = self.query_one("#signals", DataTable)
+        for col in SIGNAL_COLUMNS:
+            signals.add_column(col, key=col)
         self.set_interval(REDRAW_S, self.redraw)
 
     def set_connection(self, state: ConnectionState, detail: str) -> None:
@@ -100,27 +114,49 @@ class ChainScreen(Screen[None]):
         structure, changed = self.view.take_changes()
         atm = self.view.atm_strike()
         table = self.query_one("#ladder", DataTable)
+        flagged = self.view.flagged()
         if structure or atm != self._atm:
-            self._rebuild(table, atm)
+            self._rebuild(table, atm, flagged)
         else:
             for strike in changed.intersection(self._strikes):
-                for col, cell in zip(COLUMNS, ladder_cells(self.view, strike, strike == atm), strict=True):
+                cells = ladder_cells(self.view, strike, strike == atm, flagged)
+                for col, cell in zip(COLUMNS, cells, strict=True):
                     table.update_cell(str(strike), col, cell)
+        if self.view.signals_changed:
+            self.view.signals_changed = False
+            self._draw_signals()
         self._draw_status()
         self._draw_notices()
         self.frames += 1
 
-    def _rebuild(self, table: DataTable[Text], atm: float | None) -> None:
+    def _rebuild(
+        self, table: DataTable[Text], atm: float | None, flagged: dict[tuple[float, int], pb.Signal]
+    ) -> None:
         self._atm = atm
         self._strikes = self._window()
         cursor = table.cursor_row
         table.clear()
         for strike in self._strikes:
-            table.add_row(*ladder_cells(self.view, strike, strike == atm), key=str(strike))
+            table.add_row(*ladder_cells(self.view, strike, strike == atm, flagged), key=str(strike))
         if self._strikes:
             table.move_cursor(
                 row=min(cursor, len(self._strikes) - 1) if cursor > 0 else len(self._strikes) // 2
             )
+
+    def _draw_signals(self) -> None:
+        table = self.query_one("#signals", DataTable)
+        table.clear()
+        ordered = sorted(self.view.signals.values(), key=lambda sg: (-sg.score, sg.id))
+        for sig in ordered:
+            style = SEVERITY_STYLE.get(sig.severity, "")
+            table.add_row(
+                Text(sig.kind, style=style),
+                sig.status,
+                Text(f"{sig.edge:,.2f}", justify="right"),
+                sig.explanation,
+                key=sig.id,
+            )
+        table.border_title = f"Signals ({len(ordered)} open)"
 
     def _draw_status(self) -> None:
         v = self.view

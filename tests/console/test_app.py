@@ -84,3 +84,19 @@ async def test_center_key_and_quit(console_agent: StartAgent) -> None:
         assert app.chain_screen.query_one("#ladder", DataTable).row_count == 25
         await pilot.press("q")
     assert app.return_code == 0 or app.return_code is None
+
+
+async def test_signals_are_listed_and_their_contracts_highlighted(console_agent: StartAgent) -> None:
+    agent = console_agent(roles="feed,detector", sim={"strikes_each_side": 25, "anomaly_rate_per_min": 60.0})
+    app = ConsoleApp(agent.address)
+    async with app.run_test(size=(130, 50)) as pilot:
+        await wait_for(lambda: len(app.view.signals) > 0, timeout=20)
+        await pilot.pause(0.3)
+        table = app.chain_screen.query_one("#signals", DataTable)
+        assert table.row_count == len(app.view.signals) > 0
+        sig = next(iter(app.view.signals.values()))
+        row = [str(c) for c in table.get_row(sig.id)]
+        assert row[0] == sig.kind  # the explanation may have moved on with the quotes since
+        assert row[3]
+        flagged = app.view.flagged()
+        assert {(c.strike, int(c.right)) for c in sig.contracts} <= set(flagged)

@@ -22,12 +22,16 @@ def tmux(*args: str) -> str:
     return subprocess.run([TMUX, *args], check=True, capture_output=True, text=True).stdout
 
 
-def wait_screen(session: str, want: tuple[str, ...], timeout: float = 30.0) -> str:
+def ladder_rows(screen: str) -> list[str]:
+    return [line for line in screen.splitlines() if line.strip()[:1].isdigit()]
+
+
+def wait_screen(session: str, want: tuple[str, ...], timeout: float = 30.0, rows: int = 0) -> str:
     deadline = time.monotonic() + timeout
     screen = ""
     while time.monotonic() < deadline:
         screen = tmux("capture-pane", "-p", "-t", session)
-        if all(w in screen for w in want):
+        if all(w in screen for w in want) and len(ladder_rows(screen)) >= rows:
             return screen
         time.sleep(0.25)
     raise AssertionError(f"screen never showed {want}:\n{screen}")
@@ -38,13 +42,15 @@ def test_demo_in_a_real_terminal(tmp_path: Path) -> None:
     session = f"spy-{uuid.uuid4().hex[:8]}"
     done = tmp_path / "exit-code"
     cmd = f"{CONSOLE} --demo --start 10:30 --speed 10 --seed 3; echo $? > {done}"
-    tmux("new-session", "-d", "-s", session, "-x", "120", "-y", "40", cmd)
+    # a shell first, then the command typed into it: the pane has its final size before the app starts
+    tmux("new-session", "-d", "-s", session, "-x", "130", "-y", "50", "bash --norc --noprofile")
+    tmux("send-keys", "-t", session, cmd, "Enter")
     try:
         # the status line, the ladder's header and the notices panel with the agent's first notice
-        screen = wait_screen(session, ("LIVE", "Strike", "C Bid", "P Ask", "0DTE", "agent.started"))
+        # and a strike ladder around the money (the rest scrolls)
+        want = ("LIVE", "Strike", "C Bid", "P Ask", "0DTE", "agent.started", "Signals (")
+        screen = wait_screen(session, want, rows=15)
         assert "demo@127.0.0.1:" in screen
-        ladder = [line for line in screen.splitlines() if line.strip()[:1].isdigit()]
-        assert len(ladder) >= 20  # the strike ladder around the money
         tmux("send-keys", "-t", session, "down", "down", "c")
         wait_screen(session, ("LIVE",))
         tmux("send-keys", "-t", session, "q")
