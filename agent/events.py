@@ -5,7 +5,6 @@ from __future__ import annotations
 from agent.detector.signals import Signal, SmileFit
 from agent.domain import ChainUpdate, Health, Notice, UnderlyingTick
 
-MarketEvent = UnderlyingTick | ChainUpdate
 Payload = UnderlyingTick | ChainUpdate | Notice | Health | Signal | SmileFit
 
 

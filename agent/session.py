@@ -82,10 +82,6 @@ def to_ns(t: dt.datetime) -> int:
     return int(t.timestamp()) * 1_000_000_000 + t.microsecond * 1000
 
 
-def from_ns(ns: int) -> dt.datetime:
-    return dt.datetime.fromtimestamp(ns / 1e9, tz=UTC)
-
-
 @lru_cache(maxsize=1)
 def _xnys() -> xcals.ExchangeCalendar:
     return xcals.get_calendar("XNYS")

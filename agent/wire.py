@@ -10,8 +10,6 @@ import math
 from agent.detector.signals import Leg, Signal, SmileFit
 from agent.domain import (
     ChainUpdate,
-    ComponentHealth,
-    ComponentStatus,
     Health,
     Notice,
     NoticeLevel,
@@ -20,7 +18,7 @@ from agent.domain import (
     Right,
     UnderlyingTick,
 )
-from agent.eventlog import Event, MarketMerge, QueueItem, SnapshotItem
+from agent.eventlog import Event, MarketMerge, QueueItem
 from agent.events import Payload
 from agent.state import Snapshot
 from proto.spyops.v1 import spyops_pb2 as pb
@@ -200,10 +198,6 @@ def snapshot_message(s: Snapshot) -> pb.Snapshot:
     return out
 
 
-def is_snapshot(item: QueueItem) -> bool:
-    return isinstance(item, SnapshotItem)
-
-
 # ------------------------------------------------------------------ decode (upstream agents, recordings)
 
 
@@ -277,23 +271,6 @@ def notice_from_pb(m: pb.Notice) -> Notice:
         message=m.message,
         source=m.source,
         attributes=tuple(sorted(m.attributes.items())),
-    )
-
-
-def health_from_pb(m: pb.Health) -> Health:
-    comps = []
-    for c in m.components:
-        try:
-            status = ComponentStatus(c.status)
-        except ValueError:
-            status = ComponentStatus.DEGRADED
-        comps.append(ComponentHealth(name=c.name, status=status, detail=c.detail))
-    return Health(
-        components=tuple(comps),
-        feed_lag_ms=m.feed_lag_ms,
-        clients=m.clients,
-        detector_lag_ms=m.detector_lag_ms,
-        detector_eval_ms=m.detector_eval_ms,
     )
 
 
