@@ -8,6 +8,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from agent.detector.signals import ARBITRAGE_KINDS
+from agent.feeds.anomalies import ANOMALY_KINDS
 from console.cli.main import app
 from console.cli.output import USAGE
 from tests.conftest import DATA, AgentFactory
@@ -47,15 +48,7 @@ def test_score_a_labelled_recording(start_agent: AgentFactory, tmp_path: Path) -
     scored = runner.invoke(app, ["score", str(recording), "--json"])
     assert scored.exit_code == 0, scored.output
     rows = {r["kind"]: r for r in map(json.loads, scored.stdout.splitlines())}
-    assert set(rows) >= {
-        "parity",
-        "vertical",
-        "butterfly",
-        "smile_outlier",
-        "crossed",
-        "stale",
-        "volume_spike",
-    }
+    assert set(rows) >= set(ANOMALY_KINDS)
     assert sum(r["labels"] for r in rows.values()) > 5
     assert sum(r["found_labels"] for r in rows.values()) > 0
     human = runner.invoke(app, ["score", str(recording), "--labels", str(labels)])
