@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from agent.detector import _kernels
 from agent.detector.config import DetectorConfig
 from agent.detector.rules import Book, find_arbitrage
 from agent.detector.signals import Finding, Leg, Severity, Side, Signal, SmileFit
@@ -38,16 +39,20 @@ from agent.detector.smile import SviFitter, SviParams, median
 from agent.detector.state import RIGHTS, ChainState
 from agent.detector.tracker import SignalTracker
 from agent.domain import ChainBook, ChainUpdate, QuoteFlag, Right, UnderlyingTick
-from agent.pricing import black76_greeks, black76_price, implied_vol_and_greeks
+from agent.pricing import MIN_TAU_YEARS, black76_greeks, black76_price, implied_vol_and_greeks
 from agent.session import Session
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
+IntArray = npt.NDArray[np.int64]
 
 NS_PER_CALENDAR_YEAR = 365 * 24 * 3600 * 1_000_000_000
 _TUKEY_C = 4.685
 _FEED_BAD = int(QuoteFlag.HALTED | QuoteFlag.STALE)
 _CALL_ROW = np.array([[True], [False]])
+_BAD_VALUE = int(QuoteFlag.BAD_VALUE)
+_UNUSABLE_BID = int(QuoteFlag.NO_BID | QuoteFlag.BAD_VALUE | QuoteFlag.HALTED)
+_UNUSABLE_ASK = int(QuoteFlag.NO_ASK | QuoteFlag.BAD_VALUE | QuoteFlag.HALTED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +93,15 @@ def _und_quote(underlying: UnderlyingTick | float | None, fallback: float) -> tu
 class Detector:
     """Incremental anomaly detector of one underlying's 0DTE chain (see the module docstring)."""
 
-    def __init__(self, config: DetectorConfig, session: Session) -> None:
+    def __init__(self, config: DetectorConfig, session: Session, *, compiled: bool | None = None) -> None:
+        """``compiled``: evaluate with the numba kernels (:mod:`agent.detector._kernels`; same
+        signals, a fraction of the time). ``None`` (default): when they compile (a warning and
+        the numpy path otherwise); ``False``: always the numpy path."""
         self.config = config
         self.session = session
+        self.compiled = compiled is not False and _kernels.detector_kernels_ready()
+        if compiled and not self.compiled:
+            raise RuntimeError("the compiled detector kernels are not available (see the warning logged)")
         self._state = ChainState()
         self._smile = SviFitter(config.smile_refit_grid, config.smile_full_refit_every)
         self._tracker = SignalTracker(config.resolve_after_evals, config.resolve_after_ns)
@@ -132,7 +143,8 @@ class Detector:
             self._smile.reset()
         if st.layout_changed:
             self._smile.reset() if st.n < 3 else None
-        findings, smile, forward, method, n_combos = self._evaluate(now_ns, s_bid, s_ask, s_mid, ref)
+        evaluate = self._evaluate_compiled if self.compiled else self._evaluate
+        findings, smile, forward, method, n_combos = evaluate(now_ns, s_bid, s_ask, s_mid, ref)
         changed.extend(self._tracker.update(findings, st.expiry, now_ns))
         self._last_eval_ns = now_ns
         t1 = time.perf_counter_ns()
@@ -306,6 +318,274 @@ class Detector:
         findings.extend(self._iv_jumps(iv_otm, forward, quiet))
         return findings, smile, forward, method, n_combos
 
+    def _evaluate_compiled(
+        self, now_ns: int, s_bid: float, s_ask: float, s_mid: float, s_ref: float
+    ) -> tuple[list[Finding], SmileFit | None, float, str, int]:
+        """:meth:`_evaluate` on the compiled kernels: the same steps, masks and state updates in a
+        handful of fused passes; findings are built by the same code (arbitrage by the rules'
+        own numpy code, run only for the families the screen says can fire)."""
+        cfg, st = self.config, self._state
+        n = st.n
+        if n == 0 or now_ns >= self.session.close_ns:
+            return [], None, math.nan, "none", 0
+        mult = st.multiplier
+        com = cfg.commission_per_contract / mult
+        tau = self.session.tau(now_ns)
+        t_cal = max(self.session.close_ns - now_ns, 0) / NS_PER_CALENDAR_YEAR
+        disc = math.exp(-cfg.max_rate * t_cal)
+        k = st.strikes
+        K = _kernels
+        findings: list[Finding] = []
+
+        # 1. quote quality
+        bid_ok, ask_ok, bad, xl, unclean, clean_two, n_bad, n_xl = K.quote_masks(
+            st.present,
+            st.bid,
+            st.ask,
+            st.bid_size,
+            st.ask_size,
+            st.flags,
+            _BAD_VALUE,
+            _UNUSABLE_BID,
+            _UNUSABLE_ASK,
+            int(QuoteFlag.CROSSED),
+            int(QuoteFlag.LOCKED),
+            _FEED_BAD,
+        )
+        if n_bad:
+            for r, i in zip(*np.nonzero(bad), strict=True):
+                findings.append(self._bad_quote(int(r), int(i)))
+        if n_xl:
+            for r, i in zip(*np.nonzero(xl), strict=True):
+                findings.append(self._crossed(int(r), int(i), com))
+
+        # 2. forward
+        forward = float(K.parity_forward(clean_two, k, st.bid, st.ask, disc, _TUKEY_C))
+        if math.isfinite(forward):
+            method = "parity"
+        else:
+            forward = s_mid / disc if math.isfinite(s_mid) else math.nan
+            method = "underlying" if math.isfinite(forward) else "none"
+
+        # 3. implied vols (OTM mids) and smile
+        smile: SmileFit | None = None
+        fit_iv: FloatArray | None = None
+        params = np.zeros(5)
+        inside = np.zeros(n, bool)
+        iv_otm = np.full(n, np.nan)
+        if math.isfinite(forward):
+            iv_otm, fit_idx, x, vega_fit, half = K.otm_iv(
+                clean_two, st.bid, st.ask, k, forward, tau, disc, st.history.iv_prev, st.tick
+            )
+            if fit_idx.size >= cfg.smile_min_points:
+                res = self._smile.fit_compiled(x, iv_otm[fit_idx], tau, vega_fit, half)
+                if res is not None and res.n_used >= cfg.smile_min_points:
+                    used_k = k[fit_idx][res.weights > 0]
+                    inside = (k >= used_k.min()) & (k <= used_k.max())  # no extrapolation
+                    p = res.params
+                    params = np.array([p.a, p.b, p.rho, p.m, p.sigma])
+                    fit_iv = K.svi_vols(k, forward, tau, params)
+                    smile = SmileFit(
+                        model="svi",
+                        params={"a": p.a, "b": p.b, "rho": p.rho, "m": p.m, "sigma": p.sigma, "tau": tau},
+                        forward=forward,
+                        strikes=tuple(k.tolist()),
+                        ivs=tuple(fit_iv.tolist()),
+                        rmse=res.rmse_vol,
+                        n_used=res.n_used,
+                        forward_method=method,
+                    )
+            if fit_iv is None and fit_idx.size:
+                fit_iv = np.full(n, float(np.median(iv_otm[fit_idx])))
+
+        # model values at the fitted vols, and stale quotes
+        h = st.history
+        model = vega = None
+        stale = suspect = np.zeros((2, n), bool)
+        if fit_iv is not None:
+            check = math.isfinite(s_ref) and s_ref > 0
+            model, vega, stale, suspect, move, ds, n_stale = K.model_and_stale(
+                k,
+                forward,
+                max(tau, MIN_TAU_YEARS),
+                tau,
+                fit_iv,
+                disc,
+                smile is not None,
+                params,
+                check,
+                s_ref if check else 1.0,
+                h.ref_und,
+                st.present,
+                st.price_changed,
+                unclean,
+                h.moved_since_ns,
+                now_ns,
+                cfg.stale_min_move_ticks * st.tick,
+                cfg.stale_grace_ns,
+            )
+            if n_stale:
+                for r, i in zip(*np.nonzero(stale), strict=True):
+                    findings.append(self._stale(int(r), int(i), float(move[r, i]), float(ds[r, i]), now_ns))
+        good_mask = ~(unclean | stale)
+
+        # 4. arbitrage on clean executable quotes (the rules' own code, for the families that can fire)
+        bid_x, ask_x = K.exec_book(st.bid, st.ask, bid_ok, ask_ok, good_mask & ~suspect)
+        fs = forward * disc if math.isfinite(forward) else math.nan
+        families = K.arbitrage_screen(
+            k,
+            bid_x,
+            ask_x,
+            cfg.commission_per_contract,
+            float(mult),
+            cfg.stock_cost_per_share,
+            cfg.min_edge_per_unit,
+            disc,
+            s_bid,
+            s_ask,
+            fs,
+        )
+        in_arb = np.zeros((2, n), bool)
+        n_combos = 0
+        if any(families):
+            book = Book(
+                strikes=k,
+                bid=bid_x,
+                ask=ask_x,
+                bid_size=st.bid_size,
+                ask_size=st.ask_size,
+                multiplier=mult,
+                commission=cfg.commission_per_contract,
+                stock_cost=cfg.stock_cost_per_share,
+                min_edge=cfg.min_edge_per_unit,
+                discount=disc,
+                und_bid=s_bid,
+                und_ask=s_ask,
+                forward_spot=fs,
+                quote_ts=st.asof,
+                max_leg_skew_ns=cfg.max_leg_skew_ns,
+            )
+            arb, n_combos = find_arbitrage(book, fold=cfg.fold_related, families=families)
+            findings.extend(arb)
+            for f in arb:
+                for leg in f.legs:
+                    in_arb[0 if leg.right is Right.CALL else 1, int(np.searchsorted(k, leg.strike))] = True
+
+        if model is not None and vega is not None:
+            rich, cheap, zero, n_rel = K.outlier_masks(
+                k,
+                forward,
+                inside,
+                model,
+                vega,
+                st.bid,
+                st.ask,
+                bid_ok,
+                ask_ok,
+                good_mask,
+                in_arb,
+                st.present,
+                cfg.smile_rich_cheap_vol_pts,
+                cfg.smile_rich_cheap_min_dollars,
+                com,
+                cfg.zero_bid_min_value,
+            )
+            if n_rel:
+                findings.extend(self._outlier_findings(model, vega, rich, cheap, com))
+                findings.extend(self._zero_bid_findings(model, zero))
+        if K.wide_spread_possible(
+            clean_two, st.bid, st.ask, cfg.wide_spread_min_dollars, cfg.wide_spread_mult
+        ):
+            findings.extend(self._wide_spreads(clean_two))
+        quiet = unclean | stale | in_arb  # already explained: no relative or flow finding on them
+        findings.extend(self._flow_compiled(now_ns, quiet))
+        if math.isfinite(forward):
+            jump, d, z, row, n_jumps = K.iv_jumps(
+                k,
+                forward,
+                iv_otm,
+                quiet,
+                h.iv_prev,
+                h.iv_dvar,
+                h.iv_n,
+                cfg.iv_jump_z,
+                cfg.iv_jump_min_vol_pts / 100.0,
+                1.0 - 0.5 ** (1.0 / cfg.iv_history_half_life),
+            )
+            if n_jumps:
+                findings.extend(self._jump_findings(jump, row, d, z))
+        return findings, smile, forward, method, n_combos
+
+    def _flow_compiled(self, now_ns: int, quiet: BoolArray) -> list[Finding]:
+        """:meth:`_flow` on the compiled kernels (same marks, same state updates)."""
+        cfg, st = self.config, self._state
+        h = st.history
+        out: list[Finding] = []
+        marks = h.vol_marks
+        empty = np.zeros((2, 0), np.int64)
+        has_prev, v_prev, dt, alpha = False, empty, 1.0, 0.0
+        if marks:
+            t_prev, v_prev = marks[-1]
+            dt = (now_ns - t_prev) / 1e9
+            if dt > 0:
+                has_prev = True
+                alpha = 1.0 - math.exp(-dt * math.log(2.0) * 1e9 / cfg.volume_baseline_half_life_ns)
+        base_mark = None
+        for t_m, v_m in marks:
+            if now_ns - t_m >= cfg.volume_window_ns:
+                base_mark = (t_m, v_m)
+            else:
+                break
+        win_s, v_base = 1.0, empty
+        if base_mark is not None:
+            win_s, v_base = (now_ns - base_mark[0]) / 1e9, base_mark[1]
+        vol, spiking, window_vol, expected, n_spikes = _kernels.flow_volume(
+            st.present,
+            st.volume,
+            has_prev,
+            v_prev if has_prev else st.volume,
+            dt,
+            alpha,
+            h.spike_on,
+            h.vol_first_ns,
+            h.vol_rate,
+            now_ns,
+            base_mark is not None,
+            v_base if base_mark is not None else st.volume,
+            win_s,
+            20 * cfg.volume_window_ns,
+            cfg.volume_floor_per_s,
+            cfg.volume_spike_mult,
+            float(cfg.volume_spike_min_contracts),
+        )
+        if n_spikes:
+            out.extend(self._spike_findings(spiking, window_vol, expected, win_s))
+        h.spike_on = spiking
+        marks.append((now_ns, vol))
+        while len(marks) > 2 and now_ns - marks[1][0] >= cfg.volume_window_ns:
+            marks.pop(0)
+        two = len(marks) >= 2
+        through, n_through = _kernels.trades_through(
+            st.touched,
+            st.last,
+            st.last_size,
+            vol,
+            two,
+            marks[-2][1] if two else vol,
+            quiet,
+            st.bid,
+            st.ask,
+            st.prev_bid,
+            st.prev_ask,
+            cfg.trade_through_ticks * st.tick - 1e-9,
+        )
+        if n_through:
+            with np.errstate(invalid="ignore"):
+                hi = np.fmax(st.ask, st.prev_ask)
+                lo = np.fmin(st.bid, st.prev_bid)
+            out.extend(self._through_findings(through, lo, hi))
+        return out
+
     def _forward(self, clean_two: BoolArray, disc: float, s_mid: float) -> tuple[float, str]:
         st = self._state
         both = clean_two[0] & clean_two[1]
@@ -388,6 +668,12 @@ class Detector:
             )
             rich = bid_ok & (st.bid - model > thr)
             cheap = ask_ok & (model - st.ask > thr)
+        return self._outlier_findings(model, vega, rich, cheap, com)
+
+    def _outlier_findings(
+        self, model: FloatArray, vega: FloatArray, rich: BoolArray, cheap: BoolArray, com: float
+    ) -> list[Finding]:
+        st = self._state
         out: list[Finding] = []
         sides: tuple[tuple[BoolArray, Side, str], ...] = ((rich, "SELL", "rich"), (cheap, "BUY", "cheap"))
         for mask, side, word in sides:
@@ -413,6 +699,10 @@ class Detector:
         cfg, st = self.config, self._state
         with np.errstate(invalid="ignore"):
             mask = st.present & ~bid_ok & ask_ok & (model >= cfg.zero_bid_min_value)
+        return self._zero_bid_findings(model, mask)
+
+    def _zero_bid_findings(self, model: FloatArray, mask: BoolArray) -> list[Finding]:
+        st = self._state
         out: list[Finding] = []
         for r, i in zip(*np.nonzero(mask), strict=True):
             k, right, name = self._contract(int(r), int(i))
@@ -499,23 +789,7 @@ class Detector:
             spiking = warm & (
                 window_vol >= np.maximum(cfg.volume_spike_mult * expected, cfg.volume_spike_min_contracts)
             )
-            for r, i in zip(*np.nonzero(spiking), strict=True):
-                k, right, name = self._contract(int(r), int(i))
-                wv, ex = int(window_vol[r, i]), float(expected[r, i])
-                why = f"{name} traded {wv} contracts in {win_s:.1f}s, {wv / max(ex, 1e-9):.0f}x its baseline ({ex:.1f})"
-                out.append(
-                    Finding(
-                        "volume_spike",
-                        name,
-                        (),
-                        float(wv),
-                        wv / max(ex, 1e-9),
-                        why,
-                        Severity.INFO,
-                        0,
-                        ((k, right),),
-                    )
-                )
+            out.extend(self._spike_findings(spiking, window_vol, expected, win_s))
         h.spike_on = spiking
         marks.append((now_ns, vol))
         while len(marks) > 2 and now_ns - marks[1][0] >= cfg.volume_window_ns:
@@ -535,6 +809,35 @@ class Detector:
             through &= np.fmax(st.bid, st.prev_bid) < np.fmin(
                 st.ask, st.prev_ask
             )  # old and new quotes uncrossed
+        out.extend(self._through_findings(through, lo, hi))
+        return out
+
+    def _spike_findings(
+        self, spiking: BoolArray, window_vol: IntArray, expected: FloatArray, win_s: float
+    ) -> list[Finding]:
+        out: list[Finding] = []
+        for r, i in zip(*np.nonzero(spiking), strict=True):
+            k, right, name = self._contract(int(r), int(i))
+            wv, ex = int(window_vol[r, i]), float(expected[r, i])
+            why = f"{name} traded {wv} contracts in {win_s:.1f}s, {wv / max(ex, 1e-9):.0f}x its baseline ({ex:.1f})"
+            out.append(
+                Finding(
+                    "volume_spike",
+                    name,
+                    (),
+                    float(wv),
+                    wv / max(ex, 1e-9),
+                    why,
+                    Severity.INFO,
+                    0,
+                    ((k, right),),
+                )
+            )
+        return out
+
+    def _through_findings(self, through: BoolArray, lo: FloatArray, hi: FloatArray) -> list[Finding]:
+        st = self._state
+        out: list[Finding] = []
         for r, i in zip(*np.nonzero(through), strict=True):
             k, right, name = self._contract(int(r), int(i))
             px = float(st.last[r, i])
@@ -576,6 +879,17 @@ class Detector:
                 & (z >= cfg.iv_jump_z)
                 & (np.abs(d) >= cfg.iv_jump_min_vol_pts / 100.0)
             )
+        out.extend(self._jump_findings(jump, row, d, z))
+        alpha = 1.0 - 0.5 ** (1.0 / cfg.iv_history_half_life)
+        capped = np.where(jump, var, np.minimum(d * d, 25.0 * np.where(cnt > 0, var, d * d)))
+        new_var = np.where(cnt > 0, var + alpha * (capped - var), d * d)
+        h.iv_dvar[row[ok], cols[ok]] = new_var[ok]
+        h.iv_n[row[ok], cols[ok]] = cnt[ok] + 1
+        h.iv_prev[row, cols] = iv
+        return out
+
+    def _jump_findings(self, jump: BoolArray, row: IntArray, d: FloatArray, z: FloatArray) -> list[Finding]:
+        out: list[Finding] = []
         for i in np.flatnonzero(jump).tolist():
             k, right, name = self._contract(int(row[i]), i)
             why = f"{name} implied vol moved {d[i] * 100:+.1f} points in one update ({z[i]:.0f} sd of its recent changes)"
@@ -592,10 +906,4 @@ class Detector:
                     ((k, right),),
                 )
             )
-        alpha = 1.0 - 0.5 ** (1.0 / cfg.iv_history_half_life)
-        capped = np.where(jump, var, np.minimum(d * d, 25.0 * np.where(cnt > 0, var, d * d)))
-        new_var = np.where(cnt > 0, var + alpha * (capped - var), d * d)
-        h.iv_dvar[row[ok], cols[ok]] = new_var[ok]
-        h.iv_n[row[ok], cols[ok]] = cnt[ok] + 1
-        h.iv_prev[row, cols] = iv
         return out

@@ -352,7 +352,9 @@ def leg_skew_ns(b: Book, legs: tuple[tuple[int, int, Side, int], ...]) -> int:
     return max(stamps) - min(stamps) if len(stamps) > 1 else 0
 
 
-def find_arbitrage(b: Book, *, fold: bool = True) -> tuple[list[Finding], int]:
+def find_arbitrage(
+    b: Book, *, fold: bool = True, families: tuple[bool, bool, bool, bool] = (True, True, True, True)
+) -> tuple[list[Finding], int]:
     """Every static arbitrage of the book, one finding per culprit contract and kind.
 
     Combinations of a kind are grouped by the contract that appears in most of them (ties: the
@@ -365,8 +367,17 @@ def find_arbitrage(b: Book, *, fold: bool = True) -> tuple[list[Finding], int]:
     is not an arbitrage: the quotes never stood at the same moment as far as the book knows. It is
     reported as a ``leg_skew`` quote-quality finding instead (anchor ``kind:culprit``), with the
     legs and the edge they *would* have.
+
+    ``families`` (parity and exercise value, vertical, butterfly, box) skips the families a screen
+    (``agent.detector._kernels.arbitrage_screen``) has shown to have no violating combination.
     """
-    combos = _combos_parity_intrinsic(b) + _combos_vertical(b) + _combos_butterfly(b) + _combos_box(b)
+    parity, vertical, butterfly, box = families
+    combos = (
+        (_combos_parity_intrinsic(b) if parity else [])
+        + (_combos_vertical(b) if vertical else [])
+        + (_combos_butterfly(b) if butterfly else [])
+        + (_combos_box(b) if box else [])
+    )
     if not combos:
         return [], 0
     skewed: list[tuple[_Combo, int]] = []

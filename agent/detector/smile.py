@@ -29,6 +29,9 @@ import numpy.typing as npt
 FloatArray = npt.NDArray[np.float64]
 
 _TUKEY_C = 4.685
+# the first fit's (m, sigma) grid, flattened as np.meshgrid(..., indexing="ij").ravel() lays it out
+_GRID_M = np.repeat(np.linspace(-1.5, 1.5, 13), 13)
+_GRID_S = np.tile(np.geomspace(0.05, 4.0, 13), 13)
 
 
 def median(a: FloatArray) -> float:
@@ -102,6 +105,38 @@ class SviFitter:
         u = r / (_TUKEY_C * scale)
         out: FloatArray = base * np.where(np.abs(u) < 1.0, (1.0 - u * u) ** 2, 0.0)
         return out
+
+    def fit_compiled(
+        self, x: FloatArray, iv: FloatArray, tau: float, vega: FloatArray, half_spread: FloatArray
+    ) -> SviResult | None:
+        """:meth:`fit` by the compiled kernel (:func:`agent.detector._kernels.svi_fit`): same
+        steps, same state; use only when the detector kernels are ready."""
+        from agent.detector import _kernels
+
+        p = self._prev
+        state = np.array(
+            [
+                self._m_x is not None,
+                self._m_x or 0.0,
+                self._s_x or 0.0,
+                self._dm,
+                self._ds,
+                self._since_full,
+                p is not None,
+                *((p.a, p.b, p.rho, p.m, p.sigma) if p is not None else (0.0,) * 5),
+            ],
+            dtype=np.float64,
+        )
+        ok, params, w, rmse, n_used = _kernels.svi_fit(
+            x, iv, tau, vega, half_spread, state, _GRID_M, _GRID_S, self._g, self._full_every
+        )
+        if not ok:
+            return None
+        self._m_x, self._s_x = float(state[1]), float(state[2])
+        self._dm, self._ds, self._since_full = float(state[3]), float(state[4]), int(state[5])
+        a, b, rho, m, sigma = params.tolist()
+        self._prev = SviParams(a=a, b=b, rho=rho, m=m, sigma=sigma)
+        return SviResult(self._prev, w, float(rmse), int(n_used))
 
     def fit(
         self, x: FloatArray, iv: FloatArray, tau: float, vega: FloatArray, half_spread: FloatArray

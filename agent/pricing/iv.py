@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.special import ndtr
 
+from agent.pricing import _kernels
 from agent.pricing._lbr import normalised_vega, refine_normalised, solve_normalised
 from agent.pricing.black import MIN_TAU_YEARS, ONE_OVER_SQRT_TWO_PI, ArrayLike, FloatArray, Greeks
 from agent.session import TRADING_MINUTES_PER_YEAR
@@ -106,12 +107,19 @@ def implied_vol(
     discount: ArrayLike = 1.0,
     *,
     guess: ArrayLike | None = None,
+    compiled: bool = True,
 ) -> ImpliedVol:
     """Black-76 implied volatility of discounted option prices; broadcasts over all arguments.
 
     ``guess`` (volatilities, NaN where unknown) starts the solve near the answer, e.g. the previous
     update's vols of the same contracts: two Householder steps then replace the full method where
-    they converge (same accuracy: the answer is the root, only the starting point differs)."""
+    they converge (same accuracy: the answer is the root, only the starting point differs).
+
+    Runs the compiled kernels (:mod:`agent.pricing._kernels`) when numba is usable, the numpy
+    reference otherwise (``compiled=False`` forces it); both give the same answers."""
+    if compiled and _kernels.pricing_kernels_ready():
+        out = _compiled(price, forward, strike, tau, is_call, discount, guess, with_greeks=False)
+        return ImpliedVol(vol=out.vol, reason=out.reason)
     r = _solve(price, forward, strike, tau, is_call, discount, guess)
     return ImpliedVol(vol=r.vol.reshape(r.shape), reason=r.reason.reshape(r.shape))
 
@@ -125,9 +133,12 @@ def implied_vol_and_greeks(
     discount: ArrayLike = 1.0,
     *,
     guess: ArrayLike | None = None,
+    compiled: bool = True,
 ) -> ChainAnalytics:
-    """Implied volatility plus price, delta, gamma, vega and theta at it, in one pass (``guess``:
-    see :func:`implied_vol`)."""
+    """Implied volatility plus price, delta, gamma, vega and theta at it, in one pass (``guess``
+    and ``compiled``: see :func:`implied_vol`)."""
+    if compiled and _kernels.pricing_kernels_ready():
+        return _compiled(price, forward, strike, tau, is_call, discount, guess, with_greeks=True)
     r = _solve(price, forward, strike, tau, is_call, discount, guess)
     f, v, df, t = r.forward, r.s, r.discount, r.tau
     with np.errstate(all="ignore"):
@@ -149,6 +160,40 @@ def implied_vol_and_greeks(
         theta=theta.reshape(shape),
     )
     return ChainAnalytics(vol=r.vol.reshape(shape), reason=r.reason.reshape(shape), greeks=greeks)
+
+
+def _compiled(
+    price: ArrayLike,
+    forward: ArrayLike,
+    strike: ArrayLike,
+    tau: ArrayLike,
+    is_call: ArrayLike,
+    discount: ArrayLike,
+    guess: ArrayLike | None,
+    *,
+    with_greeks: bool,
+) -> ChainAnalytics:
+    arrays = [
+        np.asarray(price, dtype=np.float64),
+        np.asarray(forward, dtype=np.float64),
+        np.asarray(strike, dtype=np.float64),
+        np.asarray(tau, dtype=np.float64),
+        np.asarray(is_call, dtype=bool),
+        np.asarray(discount, dtype=np.float64),
+    ]
+    if guess is not None:
+        arrays.append(np.asarray(guess, dtype=np.float64))
+    b = np.broadcast_arrays(*arrays)
+    shape = b[0].shape
+    p, f, k, t, c, d = (np.ascontiguousarray(a).ravel() for a in b[:6])
+    g = np.ascontiguousarray(b[6]).ravel() if guess is not None else np.zeros(0)
+    n = p.size
+    vol, reason = np.empty(n), np.empty(n, np.int8)
+    m = n if with_greeks else 0
+    out = [np.empty(m) for _ in range(5)]
+    _kernels.iv_greeks_kernel(p, f, k, t, c, d, g, with_greeks, vol, reason, *out)
+    greeks = Greeks(*(a.reshape(shape) for a in out)) if with_greeks else Greeks(*out)
+    return ChainAnalytics(vol=vol.reshape(shape), reason=reason.reshape(shape), greeks=greeks)
 
 
 def _solve(
