@@ -4,8 +4,21 @@ from __future__ import annotations
 
 from agent.detector.signals import Signal, SmileFit
 from agent.domain import ChainUpdate, Health, Notice, UnderlyingTick
+from agent.executor.events import CommandRecorded, FillBooked, OrderUpdated, PositionChanged, RiskStateChanged
 
-Payload = UnderlyingTick | ChainUpdate | Notice | Health | Signal | SmileFit
+Payload = (
+    UnderlyingTick
+    | ChainUpdate
+    | Notice
+    | Health
+    | Signal
+    | SmileFit
+    | OrderUpdated
+    | FillBooked
+    | PositionChanged
+    | RiskStateChanged
+    | CommandRecorded
+)
 
 
 def topic_of(payload: Payload) -> str:
@@ -14,6 +27,14 @@ def topic_of(payload: Payload) -> str:
         return "market"
     if isinstance(payload, Signal | SmileFit):
         return "signals"
+    if isinstance(payload, OrderUpdated | FillBooked):
+        return "orders"
+    if isinstance(payload, PositionChanged):
+        return "positions"
+    if isinstance(payload, RiskStateChanged):
+        return "risk"
+    if isinstance(payload, CommandRecorded):
+        return "audit"
     if isinstance(payload, Notice):
         return "notices"
     if isinstance(payload, Health):

@@ -21,7 +21,8 @@ from agent.events import Payload
 from agent.feeds.replay import ReplaySource, open_replay
 from agent.feeds.upstream import UpstreamFeed
 from agent.roles.detector import DetectorRole
-from agent.server import AgentIdentity, AgentServicer, RunningServer, start_server
+from agent.roles.executor import ExecutorRole, ExecutorStartError
+from agent.server import AgentIdentity, AgentServicer, AgentStartError, RunningServer, start_server
 from agent.session import NEW_YORK, Session, session, session_on_or_after, to_ns, today_new_york
 from agent.settings import AgentSettings, ConfigError
 
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 
 HEALTH_INTERVAL_S = 2.0
 DEMO_DEFAULT_START = "10:30"
-AVAILABLE_ROLES = frozenset({"feed", "detector"})  # the executor role is not built yet
+AVAILABLE_ROLES = frozenset({"feed", "detector", "executor"})
 
 
 def choose_session_and_clock(
@@ -96,6 +97,7 @@ class AgentRuntime:
         self._server: RunningServer | None = None
         self.upstream: UpstreamFeed | None = None
         self.detector: DetectorRole | None = None
+        self.executor: ExecutorRole | None = None
         self.port = 0
         self.feed_lag_ms = 0.0
 
@@ -138,15 +140,30 @@ class AgentRuntime:
             clock_speed=s.clock.speed,
             upstream=s.upstream or "",
         )
-        self._server = await start_server(
-            AgentServicer(self.log, identity, self.clock.now_ns), s.server.host, s.server.port
-        )
+        if "executor" in s.roles:
+            try:
+                self.executor = ExecutorRole(self, s.executor)
+            except ExecutorStartError as exc:
+                raise AgentStartError(str(exc)) from None
+        commands = self.executor.execute if self.executor is not None else None
+        try:
+            self._server = await start_server(
+                AgentServicer(self.log, identity, self.clock.now_ns, commands), s.server.host, s.server.port
+            )
+        except AgentStartError:
+            if self.executor is not None:
+                self.executor.close()
+            raise
         self.port = self._server.port
         self.notice(NoticeLevel.INFO, "agent.started", f"agent {s.agent_id} started: {self.clock_note}")
         if "detector" in s.roles:
             self.detector = DetectorRole(self, s.detector)
             self._spawn(self.detector.run(), "detector")
             self.set_health(ComponentHealth("detector", ComponentStatus.OK, "evaluating every chain update"))
+        if self.executor is not None:
+            await self.executor.start()  # reconciles with the broker before any command is served
+            self._spawn(self.executor.run(), "executor")
+            self.set_health(ComponentHealth("executor", ComponentStatus.OK, "paper broker"))
         if "feed" in s.roles or s.feed == "upstream":
             # a detector (or executor) without a local feed takes its quotes from the upstream agent
             self._spawn(self._run_feed(), "feed")
@@ -204,6 +221,9 @@ class AgentRuntime:
         if self._server is not None:
             await self._server.stop(0.5)
             self._server = None
+        if self.executor is not None:
+            self.executor.close()
+            self.executor = None
 
     async def run(self) -> None:
         await self.start()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +18,8 @@ from grpc_reflection.v1alpha import reflection
 
 from agent import __version__
 from agent.eventlog import EventLog, StreamRequestError
-from agent.wire import encode_item, snapshot_message
+from agent.roles.executor import CommandOutcome, CommandSpec
+from agent.wire import WireError, command_from_pb, encode_item, outcome_to_pb, snapshot_message
 from proto.spyops.v1 import spyops_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -42,11 +43,33 @@ class AgentIdentity:
     upstream: str = ""
 
 
+CommandHandler = Callable[[CommandSpec], Awaitable[CommandOutcome]]
+
+
 class AgentServicer:
-    def __init__(self, event_log: EventLog, identity: AgentIdentity, clock_ns: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        event_log: EventLog,
+        identity: AgentIdentity,
+        clock_ns: Callable[[], int],
+        commands: CommandHandler | None = None,
+    ) -> None:
         self._log = event_log
         self._id = identity
         self._clock_ns = clock_ns
+        self.commands = commands
+
+    async def execute(self, request: pb.Command, context: Context) -> pb.CommandResult:
+        if self.commands is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"agent {self._id.agent_id} runs no executor (roles: {', '.join(self._id.roles) or 'none'})",
+            )
+        try:
+            spec = command_from_pb(request)
+        except WireError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return outcome_to_pb(await self.commands(spec))
 
     async def get_info(self, request: pb.GetInfoRequest, context: Context) -> pb.AgentInfo:
         return pb.AgentInfo(
@@ -111,6 +134,11 @@ def _handler(servicer: AgentServicer) -> grpc.GenericRpcHandler:  # type: ignore
                 servicer.get_snapshot,
                 request_deserializer=pb.GetSnapshotRequest.FromString,
                 response_serializer=pb.Snapshot.SerializeToString,
+            ),
+            "Execute": grpc.unary_unary_rpc_method_handler(
+                servicer.execute,
+                request_deserializer=pb.Command.FromString,
+                response_serializer=pb.CommandResult.SerializeToString,
             ),
             # responses are already-serialized Envelope bytes (no serializer)
             "Stream": grpc.unary_stream_rpc_method_handler(

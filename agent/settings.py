@@ -91,6 +91,29 @@ class DetectorSettings(_Section):
     )
 
 
+class ExecutorSettings(_Section):
+    """The executor: its journal, the paper broker, operators, dead-man and risk limits."""
+
+    journal: Path = Field(
+        Path("var/executor-journal.sqlite"), description="write-ahead order journal (SQLite)"
+    )
+    paper_book: Path = Field(Path("var/paper-broker.sqlite"), description="the paper broker's own book")
+    fail_state: Literal["halted", "reducing"] = Field(
+        "halted", description="state after an unexplained difference"
+    )
+    operators: tuple[str, ...] = Field(
+        (), description="operators allowed to send commands (empty: any named one)"
+    )
+    deadman_s: float = Field(
+        30.0, ge=1.0, le=3600.0, description="armed without a heartbeat this long -> action"
+    )
+    deadman_action: Literal["halt", "disarm", "flatten"] = "halt"
+    commission_per_contract: float = Field(0.65, ge=0.0, le=10.0, description="paper broker commission")
+    limits: dict[str, Any] = Field(
+        default_factory=dict, description="pre-trade risk limits (RiskLimits names)"
+    )
+
+
 def _default_agent_id() -> str:
     return socket.gethostname().split(".")[0] or "agent"
 
@@ -109,6 +132,7 @@ class AgentSettings(BaseSettings):
     sim: SimSettings = SimSettings()
     replay: ReplaySettings = ReplaySettings()
     detector: DetectorSettings = DetectorSettings()
+    executor: ExecutorSettings = ExecutorSettings()
     clock: ClockSettings = ClockSettings()
     server: ServerSettings = ServerSettings()
 

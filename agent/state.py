@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from agent.detector.signals import Signal, SmileFit
 from agent.domain import ChainBook, ChainUpdate, Health, Notice, UnderlyingTick
 from agent.events import Payload
+from agent.executor.events import OrderUpdated, PositionChanged, RiskStateChanged
 
 RECENT_NOTICES = 50
 RECENT_RESOLVED = 50
@@ -32,6 +33,9 @@ class Snapshot:
     recent_notices: tuple[Notice, ...]
     signals: tuple[Signal, ...] = ()  # open ones, then the most recently resolved
     smile: SmileFit | None = None
+    orders: tuple[OrderUpdated, ...] = ()
+    positions: tuple[PositionChanged, ...] = ()
+    risk: RiskStateChanged | None = None
 
 
 @dataclass
@@ -47,6 +51,9 @@ class AgentState:
     open_signals: dict[str, Signal] = field(default_factory=dict)
     resolved: deque[Signal] = field(default_factory=lambda: deque(maxlen=RECENT_RESOLVED))
     smile: SmileFit | None = None
+    orders: dict[str, OrderUpdated] = field(default_factory=dict)
+    positions: dict[str, PositionChanged] = field(default_factory=dict)
+    risk: RiskStateChanged | None = None
 
     def apply(self, seq: int, ts_ns: int, payload: Payload) -> None:
         self.last_seq, self.last_ts_ns = seq, ts_ns
@@ -69,6 +76,16 @@ class AgentState:
                 self.open_signals[payload.id] = payload
         elif isinstance(payload, SmileFit):
             self.smile = payload
+        elif isinstance(payload, OrderUpdated):
+            self.orders[payload.client_order_id] = payload
+        elif isinstance(payload, PositionChanged):
+            osi = payload.position.contract.osi
+            if payload.position.quantity == 0:
+                self.positions.pop(osi, None)
+            else:
+                self.positions[osi] = payload
+        elif isinstance(payload, RiskStateChanged):
+            self.risk = payload
 
     def snapshot(self) -> Snapshot:
         chain = self.book.as_update() if self.book.expiry else None
@@ -85,4 +102,7 @@ class AgentState:
             recent_notices=tuple(self.notices),
             signals=(*self.open_signals.values(), *self.resolved),
             smile=self.smile,
+            orders=tuple(self.orders.values()),
+            positions=tuple(self.positions.values()),
+            risk=self.risk,
         )

@@ -6,6 +6,7 @@ The only module of the agent that knows the protobuf types (besides the gRPC ser
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from agent.detector.signals import Leg, Signal, SmileFit
 from agent.domain import (
@@ -20,6 +21,9 @@ from agent.domain import (
 )
 from agent.eventlog import Event, MarketMerge, QueueItem
 from agent.events import Payload
+from agent.executor.events import CommandRecorded, FillBooked, OrderUpdated, PositionChanged, RiskStateChanged
+from agent.executor.orders import OrderLeg, Side
+from agent.roles.executor import CommandOutcome, CommandSpec
 from agent.state import Snapshot
 from proto.spyops.v1 import spyops_pb2 as pb
 
@@ -136,6 +140,78 @@ def smile_to_pb(fit: SmileFit, expiry: str, out: pb.SmileFit) -> None:
     out.forward_method = fit.forward_method
 
 
+def _order_leg_to_pb(leg: OrderLeg, order_side: str, quantity: int, out: pb.Leg) -> None:
+    c = leg.contract
+    out.strike = c.strike
+    out.right = _RIGHT_TO_PB[c.right]
+    out.side = leg.side_for(Side(order_side)).value
+    out.quantity = leg.ratio * quantity
+    out.expiry = c.expiry
+
+
+def order_to_pb(o: OrderUpdated, out: pb.OrderUpdate) -> None:
+    out.client_order_id = o.client_order_id
+    out.broker_order_id = o.broker_order_id
+    out.state = o.state
+    for leg in o.legs:
+        _order_leg_to_pb(leg, o.side, o.quantity, out.legs.add())
+    out.limit_price = str(o.limit_price)
+    out.quantity = o.quantity
+    out.filled = o.filled
+    out.avg_price = "" if o.avg_price is None else str(o.avg_price)
+    out.reason = o.reason
+    out.source = o.origin
+
+
+def fill_to_pb(f: FillBooked, out: pb.Fill) -> None:
+    fill, c = f.fill, f.leg.contract
+    out.exec_id = fill.exec_id
+    out.client_order_id = fill.client_order_id
+    out.leg.strike = c.strike
+    out.leg.right = _RIGHT_TO_PB[c.right]
+    out.leg.side = fill.side.value
+    out.leg.price = float(fill.price)
+    out.leg.quantity = fill.quantity
+    out.leg.expiry = c.expiry
+    out.quantity = fill.quantity
+    out.price = str(fill.price)
+    out.commission = str(fill.commission)
+    out.fill_ts_ns = fill.ts_ns
+
+
+def position_to_pb(p: PositionChanged, out: pb.Position) -> None:
+    pos, c = p.position, p.position.contract
+    out.strike = c.strike
+    out.right = _RIGHT_TO_PB[c.right]
+    out.expiry = c.expiry
+    out.quantity = pos.quantity
+    out.avg_cost = str(pos.avg_price)
+    out.mark = p.mark
+    out.unrealized = p.unrealized
+    out.realized = float(pos.realized - pos.fees)
+
+
+def risk_to_pb(r: RiskStateChanged, out: pb.RiskState) -> None:
+    out.trading_state = r.trading_state
+    out.armed = r.armed
+    for lim in r.limits:
+        out.limits.add(name=lim.name, value=lim.value, used=lim.used)
+    out.realized_pnl = r.realized
+    out.unrealized_pnl = r.unrealized
+    out.fees = r.fees
+    out.leader = r.leader
+    out.lease_epoch = r.lease_epoch
+
+
+def command_to_pb(c: CommandRecorded, out: pb.CommandRecord) -> None:
+    out.command = c.command
+    out.operator = c.operator
+    out.idempotency_key = c.idempotency_key
+    out.arguments_json = c.arguments_json
+    out.accepted = c.accepted
+    out.result = c.result
+
+
 def snapshot_to_pb(s: Snapshot, out: pb.Snapshot) -> None:
     out.agent_id = s.agent_id
     out.incarnation = s.incarnation
@@ -153,6 +229,12 @@ def snapshot_to_pb(s: Snapshot, out: pb.Snapshot) -> None:
         signal_to_pb(sig, out.signals.add())
     if s.smile is not None:
         smile_to_pb(s.smile, s.chain.expiry if s.chain else "", out.smile)
+    for o in s.orders:
+        order_to_pb(o, out.orders.add())
+    for p in s.positions:
+        position_to_pb(p, out.positions.add())
+    if s.risk is not None:
+        risk_to_pb(s.risk, out.risk)
 
 
 def payload_to_envelope(p: Payload, env: pb.Envelope) -> None:
@@ -168,6 +250,16 @@ def payload_to_envelope(p: Payload, env: pb.Envelope) -> None:
         signal_to_pb(p, env.signal)
     elif isinstance(p, SmileFit):
         smile_to_pb(p, "", env.smile)
+    elif isinstance(p, OrderUpdated):
+        order_to_pb(p, env.order)
+    elif isinstance(p, FillBooked):
+        fill_to_pb(p, env.fill)
+    elif isinstance(p, PositionChanged):
+        position_to_pb(p, env.position)
+    elif isinstance(p, RiskStateChanged):
+        risk_to_pb(p, env.risk)
+    elif isinstance(p, CommandRecorded):
+        command_to_pb(p, env.command)
     else:  # pragma: no cover - exhaustive over Payload
         raise TypeError(f"no wire form for {type(p).__name__}")
 
@@ -289,3 +381,59 @@ def market_from_envelope(env: pb.Envelope) -> list[Payload]:
             out.append(chain_from_pb(env.snapshot.chain))
         return out
     return []
+
+
+# ------------------------------------------------------------------ operator commands
+
+
+def command_from_pb(c: pb.Command) -> CommandSpec:
+    """The command of a wire message; WireError when it names no action."""
+    kind = c.WhichOneof("action")
+    if kind is None:
+        raise WireError("the command names no action")
+    args: dict[str, Any] = {}
+    if kind == "set_armed":
+        args = {"armed": c.set_armed.armed}
+    elif kind == "set_trading_state":
+        args = {"state": c.set_trading_state.state}
+    elif kind == "halt":
+        args = {"reason": c.halt.reason}
+    elif kind == "flatten":
+        args = {"reason": c.flatten.reason}
+    elif kind == "set_limits":
+        args = {"limits": dict(c.set_limits.limits)}
+    elif kind == "cancel_order":
+        args = {"client_order_id": c.cancel_order.client_order_id}
+    elif kind == "decide_proposal":
+        args = {"proposal_id": c.decide_proposal.proposal_id, "confirm": c.decide_proposal.confirm}
+    elif kind == "submit_order":
+        o = c.submit_order
+        legs = []
+        for leg in o.legs:
+            right = _RIGHT_FROM_PB.get(leg.right)
+            if right is None:
+                raise WireError(f"order leg at strike {leg.strike:g} has no right (call/put)")
+            legs.append(
+                {"strike": leg.strike, "right": right.value, "side": leg.side, "ratio": leg.ratio or 1}
+            )
+        args = {
+            "side": o.side,
+            "quantity": o.quantity,
+            "limit_price": o.limit_price,
+            "legs": legs,
+            "preview": o.preview,
+            "expiry": o.expiry,
+        }
+    return CommandSpec(c.idempotency_key, c.operator, kind, args)
+
+
+def outcome_to_pb(o: CommandOutcome) -> pb.CommandResult:
+    return pb.CommandResult(
+        accepted=o.accepted,
+        code=o.code,
+        message=o.message,
+        client_order_id=o.client_order_id,
+        denials=[pb.Denial(code=d.code, reason=d.reason) for d in o.denials],
+        replayed=o.replayed,
+        audit_seq=o.audit_seq,
+    )

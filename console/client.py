@@ -89,6 +89,13 @@ class AgentClient:
         except grpc.aio.AioRpcError as err:
             raise _translate(self.target, err) from None
 
+    async def execute(self, command: pb.Command) -> pb.CommandResult:
+        """Send one operator command (idempotent on its key: safe to retry after a timeout)."""
+        try:
+            return await self._stub.Execute(command, timeout=self.deadline)
+        except grpc.aio.AioRpcError as err:
+            raise _translate(self.target, err) from None
+
     async def health(self) -> str:
         """Standard gRPC health status of the agent ("SERVING", ...)."""
         from grpc_health.v1 import health_pb2, health_pb2_grpc

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import Enum
 
-from agent.domain import ChainBook, OptionQuote
+from agent.domain import ChainBook, OptionQuote, QuoteFlag
 from agent.executor.orders import Order, OrderIntent, Origin, Side
 from agent.executor.positions import PnL, PortfolioGreeks, PositionBook, contract_greeks, sum_greeks
 from agent.session import NS_PER_MINUTE, Session, to_ns
@@ -125,6 +125,9 @@ class RiskContext:
     positions: PositionBook
     working: tuple[Order, ...]
     session: Session
+    # When the feed last confirmed the whole book: a streaming feed publishes only the quotes that
+    # changed, so every update also confirms that the others still stand. 0: rely on quote stamps.
+    book_ts_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,9 +289,10 @@ class RiskEngine:
         out: list[Denial] = []
         max_age_ns = int(lim.max_quote_age_ms * NS_PER_MS)
         for leg, q in zip(intent.legs, quotes, strict=True):
-            age = ctx.now_ns - q.quote_ts_ns
-            if q.quote_ts_ns <= 0 or age > max_age_ns:
-                shown = "unknown" if q.quote_ts_ns <= 0 else f"{age / NS_PER_MS:,.0f} ms"
+            seen = q.quote_ts_ns if q.flags & QuoteFlag.STALE else max(q.quote_ts_ns, ctx.book_ts_ns)
+            age = ctx.now_ns - seen
+            if seen <= 0 or age > max_age_ns:
+                shown = "unknown" if seen <= 0 else f"{age / NS_PER_MS:,.0f} ms"
                 out.append(
                     Denial(
                         "quote_stale",

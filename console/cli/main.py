@@ -10,67 +10,32 @@ import contextlib
 import math
 import sys
 import time
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
 
-from console.cli import output
-from console.client import (
-    AgentClient,
-    AgentRequestError,
-    AgentUnreachable,
-    ClientError,
-    ConnectionEvent,
-    ConnectionState,
-    ResumingStream,
-)
+from console.cli import output, trading
+from console.cli.common import AgentOpt, client_for, run
+from console.client import ConnectionEvent, ConnectionState, ResumingStream
 from console.format import ny_time
 from proto.recording import RecordingWriter
 from proto.spyops.v1 import spyops_pb2 as pb
 
 app = typer.Typer(no_args_is_help=True, help="Operate SPY 0DTE agents from the command line.")
 
-T = TypeVar("T")
-AgentOpt = Annotated[str, typer.Option("--agent", "-a", envvar="SPYCTL_AGENT", help="agent host:port")]
 TopicOpt = Annotated[list[str] | None, typer.Option("--topic", "-t", help="topic to follow (repeatable)")]
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run one async command, translating client errors into exit codes."""
-    try:
-        return asyncio.run(coro)
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
-    except AgentUnreachable as exc:
-        output.fail(str(exc))
-        raise typer.Exit(output.UNREACHABLE) from None
-    except AgentRequestError as exc:
-        output.fail(str(exc))
-        raise typer.Exit(output.REFUSED) from None
-    except ClientError as exc:
-        output.fail(str(exc))
-        raise typer.Exit(output.USAGE) from None
-
-
-def _client(agent: str) -> AgentClient:
-    try:
-        return AgentClient(agent)
-    except ClientError as exc:
-        output.fail(str(exc))
-        raise typer.Exit(output.USAGE) from None
 
 
 @app.command()
 def status(
-    agent: AgentOpt = "127.0.0.1:50051",
+    agent: AgentOpt = output.DEFAULT_AGENT,
     json_out: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Agent identity, clock, roles, stream position and health."""
 
     async def go() -> tuple[pb.AgentInfo, str]:
-        async with _client(agent) as c:
+        async with client_for(agent) as c:
             return await c.info(), await c.health()
 
     info, health = run(go())
@@ -123,7 +88,7 @@ def _report_state(e: ConnectionEvent) -> None:
 
 @app.command()
 def stream(
-    agent: AgentOpt = "127.0.0.1:50051",
+    agent: AgentOpt = output.DEFAULT_AGENT,
     topic: TopicOpt = None,
     from_seq: Annotated[int, typer.Option("--from-seq", help="resume at this seq (0: snapshot first)")] = 0,
     count: Annotated[int, typer.Option(help="stop after this many events (0: follow forever)")] = 0,
@@ -135,7 +100,7 @@ def stream(
         raise typer.Exit(output.USAGE)
 
     async def go() -> None:
-        async with _client(agent) as c:
+        async with client_for(agent) as c:
             s = ResumingStream(
                 c, topics=topic or (), from_seq=from_seq, on_state=_report_state, client_name="spyctl"
             )
@@ -157,7 +122,7 @@ def stream(
 @app.command()
 def record(
     file: Annotated[Path, typer.Argument(help="recording to write (replay it with spy-agent --replay FILE)")],
-    agent: AgentOpt = "127.0.0.1:50051",
+    agent: AgentOpt = output.DEFAULT_AGENT,
     count: Annotated[int, typer.Option(help="stop after this many events (0: until interrupted)")] = 0,
     duration: Annotated[
         float, typer.Option(help="stop after this many seconds (0: until interrupted)")
@@ -174,7 +139,7 @@ def record(
         raise typer.Exit(output.USAGE) from None
 
     async def go() -> None:
-        async with _client(agent) as c:
+        async with client_for(agent) as c:
             s = ResumingStream(c, lossless=True, on_state=_report_state, client_name="spyctl-record")
             deadline = time.monotonic() + duration if duration else None
             async with contextlib.aclosing(s.__aiter__()) as envelopes:
@@ -297,6 +262,7 @@ def _register_agent_command() -> None:
 
 
 _register_agent_command()
+trading.register(app)
 
 
 def main() -> None:

@@ -19,6 +19,8 @@ UNREACHABLE = 3  # the agent cannot be reached
 REFUSED = 4  # the agent refused the request
 STREAM_ENDED = 5  # the stream ended or broke and could not be resumed
 
+DEFAULT_AGENT = "127.0.0.1:50051"
+
 stdout = Console()
 stderr = Console(stderr=True)
 

@@ -912,6 +912,378 @@ class RiskState(_message.Message):
 Global___RiskState: _TypeAlias = RiskState  # noqa: Y015
 
 @_typing.final
+class OrderLeg(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STRIKE_FIELD_NUMBER: _builtins.int
+    RIGHT_FIELD_NUMBER: _builtins.int
+    SIDE_FIELD_NUMBER: _builtins.int
+    RATIO_FIELD_NUMBER: _builtins.int
+    strike: _builtins.float
+    right: Global___Right.ValueType
+    side: _builtins.str
+    """"BUY" or "SELL" (of this leg when the order buys)"""
+    ratio: _builtins.int
+    """contracts per unit (1 for a single-leg order)"""
+    def __init__(
+        self,
+        *,
+        strike: _builtins.float = ...,
+        right: Global___Right.ValueType = ...,
+        side: _builtins.str = ...,
+        ratio: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ratio", b"ratio", "right", b"right", "side", b"side", "strike", b"strike"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrderLeg: _TypeAlias = OrderLeg  # noqa: Y015
+
+@_typing.final
+class Command(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    OPERATOR_FIELD_NUMBER: _builtins.int
+    SET_ARMED_FIELD_NUMBER: _builtins.int
+    SET_TRADING_STATE_FIELD_NUMBER: _builtins.int
+    HALT_FIELD_NUMBER: _builtins.int
+    FLATTEN_FIELD_NUMBER: _builtins.int
+    SUBMIT_ORDER_FIELD_NUMBER: _builtins.int
+    CANCEL_ORDER_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
+    SET_LIMITS_FIELD_NUMBER: _builtins.int
+    DECIDE_PROPOSAL_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    """required; unique per intended action"""
+    operator: _builtins.str
+    """who sends it; must be a known operator when the agent lists them"""
+    @_builtins.property
+    def set_armed(self) -> Global___SetArmed: ...
+    @_builtins.property
+    def set_trading_state(self) -> Global___SetTradingState: ...
+    @_builtins.property
+    def halt(self) -> Global___Halt: ...
+    @_builtins.property
+    def flatten(self) -> Global___Flatten: ...
+    @_builtins.property
+    def submit_order(self) -> Global___SubmitOrder: ...
+    @_builtins.property
+    def cancel_order(self) -> Global___CancelOrder: ...
+    @_builtins.property
+    def heartbeat(self) -> Global___Heartbeat: ...
+    @_builtins.property
+    def set_limits(self) -> Global___SetLimits: ...
+    @_builtins.property
+    def decide_proposal(self) -> Global___DecideProposal:
+        """19-29 reserved for future commands"""
+
+    def __init__(
+        self,
+        *,
+        idempotency_key: _builtins.str = ...,
+        operator: _builtins.str = ...,
+        set_armed: Global___SetArmed | None = ...,
+        set_trading_state: Global___SetTradingState | None = ...,
+        halt: Global___Halt | None = ...,
+        flatten: Global___Flatten | None = ...,
+        submit_order: Global___SubmitOrder | None = ...,
+        cancel_order: Global___CancelOrder | None = ...,
+        heartbeat: Global___Heartbeat | None = ...,
+        set_limits: Global___SetLimits | None = ...,
+        decide_proposal: Global___DecideProposal | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "cancel_order", b"cancel_order", "decide_proposal", b"decide_proposal", "flatten", b"flatten", "halt", b"halt", "heartbeat", b"heartbeat", "set_armed", b"set_armed", "set_limits", b"set_limits", "set_trading_state", b"set_trading_state", "submit_order", b"submit_order"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "cancel_order", b"cancel_order", "decide_proposal", b"decide_proposal", "flatten", b"flatten", "halt", b"halt", "heartbeat", b"heartbeat", "idempotency_key", b"idempotency_key", "operator", b"operator", "set_armed", b"set_armed", "set_limits", b"set_limits", "set_trading_state", b"set_trading_state", "submit_order", b"submit_order"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["set_armed", "set_trading_state", "halt", "flatten", "submit_order", "cancel_order", "heartbeat", "set_limits", "decide_proposal"]  # noqa: Y015
+    _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_action) -> _WhichOneofReturnType_action | None: ...
+
+Global___Command: _TypeAlias = Command  # noqa: Y015
+
+@_typing.final
+class SetArmed(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARMED_FIELD_NUMBER: _builtins.int
+    armed: _builtins.bool
+    def __init__(
+        self,
+        *,
+        armed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["armed", b"armed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetArmed: _TypeAlias = SetArmed  # noqa: Y015
+
+@_typing.final
+class SetTradingState(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    state: _builtins.str
+    def __init__(
+        self,
+        *,
+        state: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetTradingState: _TypeAlias = SetTradingState  # noqa: Y015
+
+@_typing.final
+class Halt(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Halt: _TypeAlias = Halt  # noqa: Y015
+
+@_typing.final
+class Flatten(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Flatten: _TypeAlias = Flatten  # noqa: Y015
+
+@_typing.final
+class Heartbeat(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Heartbeat: _TypeAlias = Heartbeat  # noqa: Y015
+
+@_typing.final
+class SetLimits(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LimitsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    LIMITS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def limits(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        limits: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetLimits: _TypeAlias = SetLimits  # noqa: Y015
+
+@_typing.final
+class DecideProposal(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROPOSAL_ID_FIELD_NUMBER: _builtins.int
+    CONFIRM_FIELD_NUMBER: _builtins.int
+    proposal_id: _builtins.str
+    confirm: _builtins.bool
+    def __init__(
+        self,
+        *,
+        proposal_id: _builtins.str = ...,
+        confirm: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirm", b"confirm", "proposal_id", b"proposal_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DecideProposal: _TypeAlias = DecideProposal  # noqa: Y015
+
+@_typing.final
+class SubmitOrder(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIDE_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
+    LIMIT_PRICE_FIELD_NUMBER: _builtins.int
+    LEGS_FIELD_NUMBER: _builtins.int
+    PREVIEW_FIELD_NUMBER: _builtins.int
+    EXPIRY_FIELD_NUMBER: _builtins.int
+    side: _builtins.str
+    """"BUY" or "SELL" (the whole order)"""
+    quantity: _builtins.int
+    """units"""
+    limit_price: _builtins.str
+    """Decimal on the tick, per unit (net for spreads)"""
+    preview: _builtins.bool
+    """run the pre-trade checks only; send nothing"""
+    expiry: _builtins.str
+    """YYYYMMDD; default: today's session"""
+    @_builtins.property
+    def legs(self) -> _containers.RepeatedCompositeFieldContainer[Global___OrderLeg]: ...
+    def __init__(
+        self,
+        *,
+        side: _builtins.str = ...,
+        quantity: _builtins.int = ...,
+        limit_price: _builtins.str = ...,
+        legs: _abc.Iterable[Global___OrderLeg] | None = ...,
+        preview: _builtins.bool = ...,
+        expiry: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expiry", b"expiry", "legs", b"legs", "limit_price", b"limit_price", "preview", b"preview", "quantity", b"quantity", "side", b"side"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitOrder: _TypeAlias = SubmitOrder  # noqa: Y015
+
+@_typing.final
+class CancelOrder(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_ORDER_ID_FIELD_NUMBER: _builtins.int
+    client_order_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        client_order_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_order_id", b"client_order_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelOrder: _TypeAlias = CancelOrder  # noqa: Y015
+
+@_typing.final
+class Denial(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Denial: _TypeAlias = Denial  # noqa: Y015
+
+@_typing.final
+class CommandResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCEPTED_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    CLIENT_ORDER_ID_FIELD_NUMBER: _builtins.int
+    DENIALS_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    AUDIT_SEQ_FIELD_NUMBER: _builtins.int
+    accepted: _builtins.bool
+    code: _builtins.str
+    """"ok", or why not: "denied", "invalid", "unknown_operator", "not_leader", ..."""
+    message: _builtins.str
+    client_order_id: _builtins.str
+    """for submit_order"""
+    replayed: _builtins.bool
+    """true: a repeated idempotency key; this is the first result"""
+    audit_seq: _builtins.int
+    """seq of the audit event that recorded the command"""
+    @_builtins.property
+    def denials(self) -> _containers.RepeatedCompositeFieldContainer[Global___Denial]:
+        """pre-trade checks that refused (or would refuse, for a preview)"""
+
+    def __init__(
+        self,
+        *,
+        accepted: _builtins.bool = ...,
+        code: _builtins.str = ...,
+        message: _builtins.str = ...,
+        client_order_id: _builtins.str = ...,
+        denials: _abc.Iterable[Global___Denial] | None = ...,
+        replayed: _builtins.bool = ...,
+        audit_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "audit_seq", b"audit_seq", "client_order_id", b"client_order_id", "code", b"code", "denials", b"denials", "message", b"message", "replayed", b"replayed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommandResult: _TypeAlias = CommandResult  # noqa: Y015
+
+@_typing.final
 class CommandRecord(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

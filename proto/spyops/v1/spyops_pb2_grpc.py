@@ -51,6 +51,11 @@ class AgentServiceStub:
                 request_serializer=proto_dot_spyops_dot_v1_dot_spyops__pb2.StreamRequest.SerializeToString,
                 response_deserializer=proto_dot_spyops_dot_v1_dot_spyops__pb2.Envelope.FromString,
                 _registered_method=True)
+        self.Execute = channel.unary_unary(
+                '/spyops.v1.AgentService/Execute',
+                request_serializer=proto_dot_spyops_dot_v1_dot_spyops__pb2.Command.SerializeToString,
+                response_deserializer=proto_dot_spyops_dot_v1_dot_spyops__pb2.CommandResult.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -79,6 +84,14 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Execute(self, request, context):
+        """An operator command to the executor. Idempotent on idempotency_key: repeating a key returns the
+        first result and does nothing again. Every command is recorded as an audit event.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +109,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.Stream,
                     request_deserializer=proto_dot_spyops_dot_v1_dot_spyops__pb2.StreamRequest.FromString,
                     response_serializer=proto_dot_spyops_dot_v1_dot_spyops__pb2.Envelope.SerializeToString,
+            ),
+            'Execute': grpc.unary_unary_rpc_method_handler(
+                    servicer.Execute,
+                    request_deserializer=proto_dot_spyops_dot_v1_dot_spyops__pb2.Command.FromString,
+                    response_serializer=proto_dot_spyops_dot_v1_dot_spyops__pb2.CommandResult.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -181,6 +199,33 @@ class AgentService:
             '/spyops.v1.AgentService/Stream',
             proto_dot_spyops_dot_v1_dot_spyops__pb2.StreamRequest.SerializeToString,
             proto_dot_spyops_dot_v1_dot_spyops__pb2.Envelope.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Execute(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/spyops.v1.AgentService/Execute',
+            proto_dot_spyops_dot_v1_dot_spyops__pb2.Command.SerializeToString,
+            proto_dot_spyops_dot_v1_dot_spyops__pb2.CommandResult.FromString,
             options,
             channel_credentials,
             insecure,

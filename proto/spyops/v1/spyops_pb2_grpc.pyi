@@ -45,6 +45,10 @@ class AgentServiceStub:
     """The full current state a client needs to draw its screen."""
     Stream: _grpc.UnaryStreamMultiCallable[_spyops_pb2.StreamRequest, _spyops_pb2.Envelope]
     """The agent's event log: replays what the client missed (from_seq), then follows live."""
+    Execute: _grpc.UnaryUnaryMultiCallable[_spyops_pb2.Command, _spyops_pb2.CommandResult]
+    """An operator command to the executor. Idempotent on idempotency_key: repeating a key returns the
+    first result and does nothing again. Every command is recorded as an audit event.
+    """
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -57,6 +61,10 @@ class AgentServiceAsyncStub(AgentServiceStub):
     """The full current state a client needs to draw its screen."""
     Stream: _aio.UnaryStreamMultiCallable[_spyops_pb2.StreamRequest, _spyops_pb2.Envelope]  # type: ignore[assignment]
     """The agent's event log: replays what the client missed (from_seq), then follows live."""
+    Execute: _aio.UnaryUnaryMultiCallable[_spyops_pb2.Command, _spyops_pb2.CommandResult]  # type: ignore[assignment]
+    """An operator command to the executor. Idempotent on idempotency_key: repeating a key returns the
+    first result and does nothing again. Every command is recorded as an audit event.
+    """
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------- service"""
@@ -84,5 +92,15 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_spyops_pb2.Envelope], _abc.AsyncIterator[_spyops_pb2.Envelope]]:
         """The agent's event log: replays what the client missed (from_seq), then follows live."""
+
+    @_abc_1.abstractmethod
+    def Execute(
+        self,
+        request: _spyops_pb2.Command,
+        context: _ServicerContext,
+    ) -> _typing.Union[_spyops_pb2.CommandResult, _abc.Awaitable[_spyops_pb2.CommandResult]]:
+        """An operator command to the executor. Idempotent on idempotency_key: repeating a key returns the
+        first result and does nothing again. Every command is recorded as an audit event.
+        """
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,529 @@
+"""The executor role: operator commands, pre-trade risk, the journal-first order flow and the broker.
+
+Wires the executor library (``agent.executor``) into an agent: quotes from the agent's own log feed
+the paper broker and the risk checks; broker reports are journaled, folded into the orders and
+published (order updates, fills, positions, risk state); operator commands arrive through
+``execute`` (the gRPC ``Execute`` RPC), are idempotent on their key (kept in a SQLite file beside the
+journal, so a repeat after a restart still returns the first result) and are published as audit
+events. A dead-man switch takes its configured action when the executor is armed and no operator
+heartbeat arrived for ``deadman_s``.
+
+Local fencing is the journal's file lock (one executor per journal); Kubernetes Lease election is
+not wired yet, so ``leader`` is reported true for the process holding the journal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import re
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, fields, replace
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Any
+
+from agent.domain import ChainUpdate, NoticeLevel, Right
+from agent.eventlog import Event
+from agent.executor.core import Denied, OrderFlow
+from agent.executor.events import (
+    CommandRecorded,
+    FillBooked,
+    LimitUsage,
+    OrderUpdated,
+    PositionChanged,
+    RiskStateChanged,
+)
+from agent.executor.journal import Journal
+from agent.executor.orders import (
+    Contract,
+    OrderError,
+    OrderFilled,
+    OrderIntent,
+    OrderLeg,
+    OrderReport,
+    Origin,
+    Outcome,
+    Side,
+    as_price,
+    nearest_tick,
+)
+from agent.executor.paper import PaperBroker
+from agent.executor.risk import Denial, RiskConfigError, RiskContext, RiskEngine, RiskLimits, TradingState
+from agent.settings import ExecutorSettings
+
+if TYPE_CHECKING:
+    from agent.runtime import AgentRuntime
+
+log = logging.getLogger(__name__)
+
+PUMP_S = 0.02
+RISK_EVERY_S = 1.0
+SYMBOL = "SPY"
+
+
+@dataclass(frozen=True, slots=True)
+class LegSpec:
+    strike: float
+    right: Right
+    side: Side
+    ratio: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSpec:
+    """One operator command, already translated from the wire (``kind`` + its arguments)."""
+
+    idempotency_key: str
+    operator: str
+    kind: (
+        str  # set_armed, set_trading_state, halt, flatten, submit_order, cancel_order, heartbeat, set_limits
+    )
+    args: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class CommandOutcome:
+    accepted: bool
+    code: str
+    message: str
+    client_order_id: str = ""
+    denials: tuple[Denial, ...] = ()
+    replayed: bool = False
+    audit_seq: int = 0
+
+
+class ExecutorStartError(RuntimeError):
+    """The executor cannot start (journal locked or unusable, bad limits); the message says why."""
+
+
+def risk_limits(s: ExecutorSettings) -> RiskLimits:
+    names = {f.name for f in fields(RiskLimits)}
+    values: dict[str, Any] = {k: v for k, v in s.limits.items() if k in names}
+    if "max_premium_per_order" in values:
+        values["max_premium_per_order"] = Decimal(str(values["max_premium_per_order"]))
+    if "restricted" in values:
+        values["restricted"] = frozenset(values["restricted"])
+    return replace(RiskLimits(), **values)
+
+
+class _CommandStore:
+    """First results of operator commands by idempotency key, durable across restarts."""
+
+    def __init__(self, path: str) -> None:
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, outcome TEXT NOT NULL)")
+
+    def get(self, key: str) -> CommandOutcome | None:
+        row = self._db.execute("SELECT outcome FROM results WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        d = json.loads(row[0])
+        d["denials"] = tuple(Denial(**x) for x in d["denials"])
+        return CommandOutcome(**d)
+
+    def put(self, key: str, outcome: CommandOutcome) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO results (key, outcome) VALUES (?, ?)", (key, json.dumps(asdict(outcome)))
+        )
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class ExecutorRole:
+    def __init__(self, rt: AgentRuntime, settings: ExecutorSettings) -> None:
+        self._rt = rt
+        self.settings = settings
+        try:
+            self.limits = risk_limits(settings)
+        except RiskConfigError as exc:
+            raise ExecutorStartError(str(exc)) from None
+        settings.journal.parent.mkdir(parents=True, exist_ok=True)
+        settings.paper_book.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            prefix = re.sub(r"[^A-Za-z0-9_.]", "_", rt.settings.agent_id)[:24]  # client order id prefix
+            self.journal = Journal(settings.journal, prefix, rt.session.expiry)
+        except (OSError, RuntimeError, sqlite3.Error, OrderError) as exc:
+            raise ExecutorStartError(f"executor journal: {exc}") from None
+        self.broker = PaperBroker(
+            settings.paper_book,
+            rt.clock.now_ns,
+            commission_per_contract=Decimal(str(settings.commission_per_contract)),
+        )
+        self.flow = OrderFlow(
+            self.journal, self.broker, rt.clock.now_ns, fail_state=TradingState(settings.fail_state)
+        )
+        self.risk = RiskEngine(self.limits)
+        self.commands = _CommandStore(str(settings.journal) + ".commands")
+        self.armed = False
+        self.last_heartbeat = time.monotonic()
+        self._last_risk: RiskStateChanged | None = None
+        self._book_ts_ns = 0  # market time of the last chain update (confirms the standing quotes)
+        self._lock = asyncio.Lock()  # one command or report batch at a time
+        rt.log.add_listener(self._on_event)
+
+    # ------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        result = await self.flow.start()
+        for notice in result.notices:
+            level = NoticeLevel.INFO if notice.code == "executor.reconciled" else NoticeLevel.ERROR
+            self._rt.notice(level, notice.code, notice.message, source="executor")
+        for order in self.flow.orders.values():
+            self._rt.publish(OrderUpdated.of(order))
+        self._publish_positions()
+        self._publish_risk(force=True)
+
+    def close(self) -> None:
+        self.commands.close()
+        self.broker.close()
+        self.journal.close()
+
+    async def run(self) -> None:
+        last_risk = 0.0
+        while True:
+            await asyncio.sleep(PUMP_S)
+            async with self._lock:
+                for report in self.broker.pump():
+                    self._apply(report)
+                now = time.monotonic()
+                if now - last_risk >= RISK_EVERY_S:
+                    last_risk = now
+                    await self._check_loss_limits()
+                    await self._check_deadman()
+                    self._publish_risk()
+
+    def _on_event(self, ev: Event) -> None:
+        if isinstance(ev.payload, ChainUpdate):
+            self.broker.on_quotes(ev.payload)
+            self._book_ts_ns = ev.ts_ns
+
+    # ------------------------------------------------------------- publishing
+
+    def _apply(self, report: OrderReport) -> None:
+        applied = self.flow.on_report(report)
+        if applied is None or applied.outcome in (Outcome.DUPLICATE, Outcome.IGNORED):
+            return
+        order = self.flow.orders[report.client_order_id]
+        self._rt.publish(OrderUpdated.of(order))
+        if isinstance(report, OrderFilled) and applied.booked:
+            leg = order.intent.legs[report.fill.leg]
+            self._rt.publish(FillBooked(report.fill, leg))
+            self._publish_positions(leg.contract.osi)
+            self._publish_risk()
+
+    def _publish_positions(self, only_osi: str | None = None) -> None:
+        book = self._rt.log.state.book
+        for pos in self.flow.positions.positions(include_flat=only_osi is not None):
+            if only_osi is not None and pos.contract.osi != only_osi:
+                continue
+            quote = book.quotes.get(pos.contract.key)
+            mark = quote.mid if quote is not None else math.nan
+            unreal = (
+                (mark - float(pos.avg_price)) * pos.quantity * pos.contract.multiplier
+                if math.isfinite(mark)
+                else math.nan
+            )
+            self._rt.publish(PositionChanged(pos, mark, unreal))
+
+    def risk_state(self) -> RiskStateChanged:
+        book = self._rt.log.state.book
+        pnl = self.flow.positions.pnl(book)
+        working = self.flow.working()
+        total = sum(abs(p.quantity) for p in self.flow.positions.positions())
+        lim = self.limits
+        return RiskStateChanged(
+            trading_state=self.flow.state.value.upper(),
+            armed=self.armed,
+            limits=(
+                LimitUsage("max_working_orders", lim.max_working_orders, len(working)),
+                LimitUsage("max_position_total", lim.max_position_total, total),
+                LimitUsage("daily_loss_limit", lim.daily_loss_limit, max(0.0, -pnl.net)),
+                LimitUsage("hard_loss_limit", lim.hard_loss_limit, max(0.0, -pnl.net)),
+            ),
+            realized=float(pnl.realized),
+            unrealized=pnl.unrealized,
+            fees=float(pnl.fees),
+            leader=True,
+            lease_epoch=0,
+        )
+
+    def _publish_risk(self, force: bool = False) -> None:
+        state = self.risk_state()
+        if force or state != self._last_risk:
+            self._last_risk = state
+            self._rt.publish(state)
+
+    # ------------------------------------------------------------- automatic actions
+
+    async def _check_loss_limits(self) -> None:
+        action = self.risk.loss_action(self.flow.positions.pnl(self._rt.log.state.book), self.flow.state)
+        if action.state is not self.flow.state:
+            self.flow.state = action.state
+            self._rt.notice(NoticeLevel.ERROR, "risk.loss_limit", action.reason, source="executor")
+            if action.flatten:
+                await self._halt("hard loss limit")
+                await self._flatten("hard loss limit")
+
+    async def _check_deadman(self) -> None:
+        silent = time.monotonic() - self.last_heartbeat
+        if not self.armed or silent < self.settings.deadman_s:
+            return
+        why = (
+            f"no operator heartbeat for {silent:.0f} s while armed (dead-man: {self.settings.deadman_action})"
+        )
+        self.armed = False
+        self._rt.notice(NoticeLevel.ERROR, "executor.deadman", why, source="executor")
+        if self.settings.deadman_action in ("halt", "flatten"):
+            await self._halt("dead-man")
+        if self.settings.deadman_action == "flatten":
+            await self._flatten("dead-man")
+
+    # ------------------------------------------------------------- orders
+
+    def _ctx(self) -> RiskContext:
+        return RiskContext(
+            now_ns=self._rt.clock.now_ns(),
+            state=self.flow.state,
+            armed=self.armed,
+            book=self._rt.log.state.book,
+            positions=self.flow.positions,
+            working=self.flow.working(),
+            session=self._rt.session,
+            book_ts_ns=self._book_ts_ns,
+        )
+
+    def _veto(self, intent: OrderIntent) -> tuple[Denial, ...]:
+        return self.risk.check(intent, self._ctx())
+
+    async def _place(self, build: Callable[[str], OrderIntent]) -> CommandOutcome:
+        placed = await self.flow.place(build, self._veto)
+        if isinstance(placed, Denied):
+            reasons = "; ".join(d.reason for d in placed.denials)
+            return CommandOutcome(False, "denied", reasons, placed.client_order_id, placed.denials)
+        intent = placed.intent
+        self.risk.record_sent(intent, self._rt.clock.now_ns())
+        self._rt.publish(OrderUpdated.of(self.flow.orders[intent.client_order_id]))
+        return CommandOutcome(True, "ok", f"sent {intent.describe()}", intent.client_order_id)
+
+    def _contract(self, strike: float, right: Right, expiry: str) -> Contract:
+        book = self._rt.log.state.book
+        if (strike, right) not in book.quotes:
+            raise OrderError(f"unknown contract: no quote for {SYMBOL} {expiry} {strike:g}{right.value}")
+        return Contract(SYMBOL, expiry, strike, right, book.multiplier, Decimal(str(book.tick)))
+
+    def _intent_builder(
+        self, side: Side, quantity: int, price: str, legs: list[LegSpec], expiry: str, origin: Origin
+    ) -> Callable[[str], OrderIntent]:
+        contracts = [self._contract(leg.strike, leg.right, expiry) for leg in legs]
+        tick = max(c.tick for c in contracts)
+        limit = as_price(price, tick, allow_non_positive=len(legs) > 1)
+        order_legs = tuple(OrderLeg(c, leg.side, leg.ratio) for c, leg in zip(contracts, legs, strict=True))
+        now = self._rt.clock.now_ns()
+
+        def build(cid: str) -> OrderIntent:
+            return OrderIntent(cid, side, quantity, limit, order_legs, now, origin=origin)
+
+        return build
+
+    async def _halt(self, reason: str) -> int:
+        self.flow.state = TradingState.HALTED
+        cancelled = 0
+        for order in self.flow.working():
+            if not order.cancel_requested:
+                await self.flow.cancel(order.client_order_id)
+                self.risk.record_message(self._rt.clock.now_ns())
+                self._rt.publish(OrderUpdated.of(order))
+                cancelled += 1
+        self._rt.notice(
+            NoticeLevel.WARN,
+            "executor.halted",
+            f"halted ({reason}): {cancelled} order(s) cancelled",
+            "executor",
+        )
+        self._publish_risk(force=True)
+        return cancelled
+
+    async def _flatten(self, reason: str) -> tuple[int, list[str]]:
+        """Close every position with a marketable limit inside the collar (at the touch)."""
+        book = self._rt.log.state.book
+        sent, problems = 0, []
+        for pos in self.flow.positions.positions():
+            quote = book.quotes.get(pos.contract.key)
+            selling = pos.quantity > 0
+            if quote is None or not (quote.has_bid if selling else quote.has_ask):
+                problems.append(f"{pos.contract.osi.strip()}: no {'bid' if selling else 'ask'} to close at")
+                continue
+            touch = quote.bid if selling else quote.ask
+            price = str(nearest_tick(touch, pos.contract.tick))
+            leg = LegSpec(pos.contract.strike, pos.contract.right, Side.BUY)
+            build = self._intent_builder(
+                Side.SELL if selling else Side.BUY,
+                abs(pos.quantity),
+                price,
+                [leg],
+                pos.contract.expiry,
+                Origin.FLATTEN,
+            )
+            outcome = await self._place(build)
+            if outcome.accepted:
+                sent += 1
+            else:
+                problems.append(f"{pos.contract.osi.strip()}: {outcome.message}")
+        self._rt.notice(
+            NoticeLevel.WARN,
+            "executor.flatten",
+            f"flatten ({reason}): {sent} closing order(s) sent"
+            + (f"; {'; '.join(problems)}" if problems else ""),
+            "executor",
+        )
+        return sent, problems
+
+    # ------------------------------------------------------------- commands
+
+    async def execute(self, cmd: CommandSpec) -> CommandOutcome:
+        """Run one operator command once per idempotency key, and record it as an audit event."""
+        if not cmd.idempotency_key:
+            return self._audit(cmd, CommandOutcome(False, "invalid", "an idempotency key is required"))
+        async with self._lock:
+            first = self.commands.get(cmd.idempotency_key)
+            if first is not None:
+                return replace(first, replayed=True)
+            if not cmd.operator or (self.settings.operators and cmd.operator not in self.settings.operators):
+                outcome = CommandOutcome(
+                    False, "unknown_operator", f"operator {cmd.operator!r} is not allowed here"
+                )
+            else:
+                handler = self._handlers().get(cmd.kind)
+                if handler is None:
+                    outcome = CommandOutcome(False, "invalid", f"unknown command {cmd.kind!r}")
+                else:
+                    try:
+                        outcome = await handler(cmd.args)
+                    except (OrderError, ValueError, KeyError, InvalidOperation) as exc:
+                        outcome = CommandOutcome(False, "invalid", str(exc).strip("'\""))
+            self.last_heartbeat = time.monotonic()  # any command is a sign of life
+            outcome = self._audit(cmd, outcome)
+            self.commands.put(cmd.idempotency_key, outcome)
+            self._publish_risk()
+            return outcome
+
+    def _audit(self, cmd: CommandSpec, outcome: CommandOutcome) -> CommandOutcome:
+        ev = self._rt.log.publish(
+            CommandRecorded(
+                command=cmd.kind,
+                operator=cmd.operator,
+                idempotency_key=cmd.idempotency_key,
+                arguments_json=json.dumps(cmd.args, sort_keys=True, default=str),
+                accepted=outcome.accepted,
+                result=f"{outcome.code}: {outcome.message}",
+            )
+        )
+        return replace(outcome, audit_seq=ev.seq)
+
+    def _handlers(self) -> dict[str, Callable[[dict[str, Any]], Awaitable[CommandOutcome]]]:
+        return {
+            "set_armed": self._cmd_set_armed,
+            "set_trading_state": self._cmd_set_trading_state,
+            "halt": self._cmd_halt,
+            "flatten": self._cmd_flatten,
+            "submit_order": self._cmd_submit,
+            "cancel_order": self._cmd_cancel,
+            "heartbeat": self._cmd_heartbeat,
+            "set_limits": self._cmd_set_limits,
+        }
+
+    async def _cmd_set_armed(self, args: dict[str, Any]) -> CommandOutcome:
+        self.armed = bool(args["armed"])
+        if self.armed:
+            self.last_heartbeat = time.monotonic()
+        return CommandOutcome(True, "ok", "armed" if self.armed else "disarmed")
+
+    async def _cmd_set_trading_state(self, args: dict[str, Any]) -> CommandOutcome:
+        name = str(args["state"]).strip().lower()
+        try:
+            state = TradingState(name)
+        except ValueError:
+            raise ValueError(f"unknown trading state {args['state']!r}: ACTIVE, REDUCING or HALTED") from None
+        self.flow.state = state
+        return CommandOutcome(True, "ok", f"trading state {state.value.upper()}")
+
+    async def _cmd_halt(self, args: dict[str, Any]) -> CommandOutcome:
+        n = await self._halt(str(args.get("reason") or "operator"))
+        return CommandOutcome(True, "ok", f"halted: {n} working order(s) cancelled")
+
+    async def _cmd_flatten(self, args: dict[str, Any]) -> CommandOutcome:
+        sent, problems = await self._flatten(str(args.get("reason") or "operator"))
+        msg = f"{sent} closing order(s) sent" + (f"; not closed: {'; '.join(problems)}" if problems else "")
+        return CommandOutcome(not problems, "ok" if not problems else "partial", msg)
+
+    async def _cmd_heartbeat(self, args: dict[str, Any]) -> CommandOutcome:
+        return CommandOutcome(True, "ok", "heartbeat")
+
+    async def _cmd_cancel(self, args: dict[str, Any]) -> CommandOutcome:
+        cid = str(args["client_order_id"])
+        if cid not in self.flow.orders:
+            return CommandOutcome(False, "invalid", f"no order {cid}")
+        applied = await self.flow.cancel(cid)
+        self.risk.record_message(self._rt.clock.now_ns())
+        self._rt.publish(OrderUpdated.of(self.flow.orders[cid]))
+        if applied.outcome is Outcome.IGNORED:
+            return CommandOutcome(False, "invalid", applied.detail, cid)
+        return CommandOutcome(True, "ok", f"cancel requested for {cid}", cid)
+
+    async def _cmd_submit(self, args: dict[str, Any]) -> CommandOutcome:
+        side = Side(str(args["side"]).upper())
+        quantity = int(args["quantity"])
+        legs = [
+            LegSpec(
+                float(x["strike"]),
+                Right.parse(str(x["right"])),
+                Side(str(x["side"]).upper()),
+                int(x.get("ratio", 1)),
+            )
+            for x in args["legs"]
+        ]
+        if not legs:
+            raise ValueError("an order needs at least one leg")
+        expiry = str(args.get("expiry") or self._rt.session.expiry)
+        build = self._intent_builder(side, quantity, str(args["limit_price"]), legs, expiry, Origin.MANUAL)
+        if args.get("preview"):
+            intent = build("preview")
+            denials = self._veto(intent)
+            verdict = (
+                "would be sent" if not denials else "would be denied: " + "; ".join(d.reason for d in denials)
+            )
+            return CommandOutcome(not denials, "preview", f"{intent.describe()} {verdict}", "", denials)
+        return await self._place(build)
+
+    async def _cmd_set_limits(self, args: dict[str, Any]) -> CommandOutcome:
+        names = {f.name: f for f in fields(RiskLimits)}
+        changes: dict[str, Any] = {}
+        for key, raw in dict(args["limits"]).items():
+            if key not in names:
+                raise ValueError(f"unknown limit {key!r}; known: {', '.join(sorted(names))}")
+            current = getattr(self.limits, key)
+            if isinstance(current, bool):
+                raise ValueError(f"{key} cannot be set here")
+            if isinstance(current, int):
+                changes[key] = int(raw)
+            elif isinstance(current, float):
+                changes[key] = float(raw)
+            elif isinstance(current, Decimal):
+                changes[key] = Decimal(str(raw))
+            elif isinstance(current, frozenset):
+                changes[key] = frozenset(x.strip() for x in str(raw).split(",") if x.strip())
+            else:
+                changes[key] = str(raw)
+        try:
+            limits = replace(self.limits, **changes)
+        except RiskConfigError as exc:
+            return CommandOutcome(False, "invalid", str(exc))
+        self.limits = limits
+        self.risk.limits = limits
+        return CommandOutcome(True, "ok", "limits set: " + ", ".join(f"{k}={v}" for k, v in changes.items()))

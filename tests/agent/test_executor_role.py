@@ -1,0 +1,187 @@
+"""The executor role inside an agent, driven over gRPC: commands, idempotency, audit, orders and
+fills at the paper broker, halt and flatten, restart from the journal, one executor per journal."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.runtime import AgentRuntime, AgentThread
+from agent.server import AgentStartError
+from console.client import AgentClient, AgentRequestError
+from proto.spyops.v1 import spyops_pb2 as pb
+from tests.conftest import AgentFactory, agent_settings, eventually
+
+
+def executor_settings(tmp_path: Path, limits: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    # the test market runs at 20x: 2 s of market time is 100 ms of wall time on a loaded machine, so
+    # the quote-age gate (tested on its own in tests/agent/executor) gets room here
+    return {
+        "roles": "feed,executor",
+        "executor": {
+            "journal": tmp_path / "journal.sqlite",
+            "paper_book": tmp_path / "paper.sqlite",
+            "limits": {"max_quote_age_ms": 60_000.0, **(limits or {})},
+            **extra,
+        },
+    }
+
+
+def cmd(operator: str = "alice", key: str | None = None, **action: Any) -> pb.Command:
+    return pb.Command(idempotency_key=key or uuid.uuid4().hex, operator=operator, **action)
+
+
+async def atm_call(client: AgentClient) -> pb.OptionQuote:
+    snap = await client.snapshot()
+    atm = min({q.strike for q in snap.chain.quotes}, key=lambda k: abs(k - snap.underlying.last))
+    return next(q for q in snap.chain.quotes if q.strike == atm and q.right == pb.CALL)
+
+
+def buy(q: pb.OptionQuote, quantity: int, price: float, preview: bool = False) -> pb.SubmitOrder:
+    return pb.SubmitOrder(
+        side="BUY",
+        quantity=quantity,
+        limit_price=f"{price:.2f}",
+        legs=[pb.OrderLeg(strike=q.strike, right=pb.CALL, side="BUY")],
+        preview=preview,
+    )
+
+
+async def test_commands_are_idempotent_and_audited(start_agent: AgentFactory, tmp_path: Path) -> None:
+    agent = start_agent(**executor_settings(tmp_path))
+    async with AgentClient(agent.address) as client:
+        first = await client.execute(cmd(key="arm-1", set_armed=pb.SetArmed(armed=True)))
+        assert first.accepted
+        assert not first.replayed
+        again = await client.execute(cmd(key="arm-1", set_armed=pb.SetArmed(armed=True)))
+        assert again.replayed
+        assert again.audit_seq == first.audit_seq  # the first result, nothing done twice
+        audit = [
+            e
+            for e in agent.runtime.log.subscribe(from_seq=1, topics=["audit"]).items
+            if hasattr(e, "payload")
+        ]
+        assert len(audit) == 1
+        snap = await client.snapshot()
+        assert snap.risk.armed
+        assert snap.risk.trading_state == "ACTIVE"
+
+
+async def test_manual_order_fills_at_the_touch_and_books_a_position(
+    start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    agent = start_agent(**executor_settings(tmp_path))
+    async with AgentClient(agent.address) as client:
+        q = await atm_call(client)
+        preview = await client.execute(cmd(submit_order=buy(q, 2, q.ask, preview=True)))
+        assert preview.code == "preview"
+        assert not preview.client_order_id
+        sent = await client.execute(cmd(submit_order=buy(q, 2, q.ask + 0.05)))
+        assert sent.accepted, sent.message
+        cid = sent.client_order_id
+
+        async def filled() -> bool:
+            snap = await client.snapshot()
+            return any(o.client_order_id == cid and o.state == "filled" for o in snap.orders)
+
+        await eventually(filled)
+        snap = await client.snapshot()
+        (pos,) = snap.positions
+        assert (pos.strike, pos.quantity) == (q.strike, 2)
+        assert snap.risk.fees > 0
+        flat = await client.execute(cmd(flatten=pb.Flatten(reason="test")))
+        assert flat.accepted, flat.message
+
+        async def no_positions() -> bool:
+            return len((await client.snapshot()).positions) == 0
+
+        await eventually(no_positions)
+
+
+async def test_pre_trade_denials_and_bad_commands(start_agent: AgentFactory, tmp_path: Path) -> None:
+    agent = start_agent(**executor_settings(tmp_path, operators=("alice",)))
+    async with AgentClient(agent.address) as client:
+        q = await atm_call(client)
+        collar = await client.execute(cmd(submit_order=buy(q, 1, 0.01)))
+        assert not collar.accepted
+        assert collar.code == "denied"
+        assert "price_collar" in {d.code for d in collar.denials}
+        too_big = await client.execute(cmd(submit_order=buy(q, 1000, q.ask)))
+        assert "max_quantity" in {d.code for d in too_big.denials}
+        stranger = await client.execute(cmd(operator="mallory", halt=pb.Halt()))
+        assert stranger.code == "unknown_operator"
+        off = buy(q, 1, q.ask)
+        off.limit_price = f"{q.ask + 0.005:.3f}"
+        off_tick = await client.execute(cmd(submit_order=off))
+        assert off_tick.code == "invalid"
+        assert "tick" in off_tick.message
+        unknown = pb.SubmitOrder(
+            side="BUY",
+            quantity=1,
+            limit_price="1.00",
+            legs=[pb.OrderLeg(strike=5.0, right=pb.CALL, side="BUY")],
+        )
+        assert "unknown contract" in (await client.execute(cmd(submit_order=unknown))).message
+        bad_limit = await client.execute(cmd(set_limits=pb.SetLimits(limits={"max_order_quantity": "-1"})))
+        assert not bad_limit.accepted
+        assert "max_order_quantity" in bad_limit.message
+        with pytest.raises(AgentRequestError, match="no action"):
+            await client.execute(pb.Command(idempotency_key="x", operator="alice"))
+        assert agent.runtime.executor is not None
+        assert agent.runtime.executor.flow.orders == {}  # nothing reached the broker
+
+
+async def test_halt_cancels_working_orders_and_blocks_new_ones(
+    start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    agent = start_agent(**executor_settings(tmp_path, limits={"collar_fraction": 0.9}))
+    async with AgentClient(agent.address) as client:
+        q = await atm_call(client)
+        resting = await client.execute(cmd(submit_order=buy(q, 1, max(0.01, round(q.bid * 0.5, 2)))))
+        assert resting.accepted, resting.message
+        halted = await client.execute(cmd(halt=pb.Halt(reason="test")))
+        assert halted.accepted
+        assert "1 working order(s) cancelled" in halted.message
+
+        async def cancelled() -> bool:
+            snap = await client.snapshot()
+            return any(
+                o.client_order_id == resting.client_order_id and o.state == "cancelled" for o in snap.orders
+            )
+
+        await eventually(cancelled)
+        blocked = await client.execute(cmd(submit_order=buy(q, 1, q.ask)))
+        assert "halted" in {d.code for d in blocked.denials}
+
+
+async def test_restart_recovers_from_the_journal_and_one_executor_per_journal(tmp_path: Path) -> None:
+    settings = agent_settings("exec", **executor_settings(tmp_path))
+    first: AgentThread = AgentRuntime(settings).start_in_thread()
+    try:
+        async with AgentClient(first.address) as client:
+            q = await atm_call(client)
+            sent = await client.execute(cmd(key="order-1", submit_order=buy(q, 1, q.ask + 0.05)))
+            assert sent.accepted
+        with pytest.raises(AgentStartError, match="in use by another executor"):
+            AgentRuntime(agent_settings("exec2", **executor_settings(tmp_path))).start_in_thread()
+    finally:
+        first.stop()
+    second = AgentRuntime(settings).start_in_thread()
+    try:
+        async with AgentClient(second.address) as client:
+            snap = await client.snapshot()
+            assert [o.client_order_id for o in snap.orders] == [sent.client_order_id]
+            again = await client.execute(cmd(key="order-1", submit_order=buy(q, 1, q.ask + 0.05)))
+            assert again.replayed
+            assert again.client_order_id == sent.client_order_id  # not a second order
+    finally:
+        second.stop()
+
+
+async def test_agent_without_executor_refuses_commands(sim_agent: AgentThread) -> None:
+    async with AgentClient(sim_agent.address) as client:
+        with pytest.raises(AgentRequestError, match="runs no executor"):
+            await client.execute(cmd(halt=pb.Halt()))
