@@ -82,14 +82,20 @@ class ConsoleApp(App[None]):
 def start_demo_agent(
     speed: float | None, start: str | None, seed: int | None, anomaly_rate: float | None
 ) -> AgentThread:
-    """The embedded agent of ``--demo``: simulated market on a free 127.0.0.1 port, in this process."""
+    """The embedded agent of ``--demo``: simulated market, detector and an executor on the paper
+    broker (journal and book in a fresh temporary folder), on a free 127.0.0.1 port, in this process."""
+    import tempfile
+    from pathlib import Path
+
     from agent.runtime import AgentRuntime
     from agent.settings import load_settings
 
+    state_dir = Path(tempfile.mkdtemp(prefix="spy-demo-"))
     settings = load_settings(
         None,
         agent_id="demo",
-        roles=("feed", "detector"),
+        roles=("feed", "detector", "executor"),
+        executor={"journal": state_dir / "journal.sqlite", "paper_book": state_dir / "paper-broker.sqlite"},
         feed="sim",
         server={"host": "127.0.0.1", "port": 0},
         clock={"speed": speed, "start": start},
