@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from agent.detector.signals import Signal, SmileFit
 from agent.domain import ChainUpdate, Health, Notice, UnderlyingTick
-from agent.executor.events import CommandRecorded, FillBooked, OrderUpdated, PositionChanged, RiskStateChanged
+from agent.executor.events import (
+    CommandRecorded,
+    FillBooked,
+    OrderUpdated,
+    PositionChanged,
+    ProposalChanged,
+    RiskStateChanged,
+)
 
 Payload = (
     UnderlyingTick
@@ -18,6 +25,7 @@ Payload = (
     | PositionChanged
     | RiskStateChanged
     | CommandRecorded
+    | ProposalChanged
 )
 
 
@@ -27,7 +35,7 @@ def topic_of(payload: Payload) -> str:
         return "market"
     if isinstance(payload, Signal | SmileFit):
         return "signals"
-    if isinstance(payload, OrderUpdated | FillBooked):
+    if isinstance(payload, OrderUpdated | FillBooked | ProposalChanged):
         return "orders"
     if isinstance(payload, PositionChanged):
         return "positions"

@@ -91,6 +91,29 @@ class DetectorSettings(_Section):
     )
 
 
+class PlaybookSettings(_Section):
+    """Which signals the executor acts on, and how (off by default: nothing trades by itself)."""
+
+    mode: Literal["off", "propose", "auto"] = Field(
+        "off", description="propose: an operator confirms each entry"
+    )
+    kinds: tuple[str, ...] = Field(
+        ("parity", "box", "vertical", "butterfly", "intrinsic"),
+        description="signal kinds the mode applies to",
+    )
+    pricing: Literal["mid", "touch", "improve"] = "touch"
+    improve_ticks: int = Field(0, ge=0, le=100)
+    units: int = Field(1, ge=1, le=1000, description="combinations per entry, before the caps")
+    max_premium: float = Field(1000.0, gt=0.0, description="$ per entry")
+    min_edge: float = Field(0.0, ge=0.0, description="$ per unit below which a signal is ignored")
+    take_profit_usd: float | None = Field(None, gt=0.0, description="$ per unit")
+    stop_loss_usd: float | None = Field(None, gt=0.0, description="$ per unit")
+    max_hold_s: float | None = Field(None, gt=0.0)
+    flatten_before_close_min: float = Field(10.0, gt=0.0, lt=390.0, description="15:50 on a normal day")
+    proposal_ttl_s: float = Field(30.0, gt=0.0)
+    cooldown_s: float = Field(300.0, ge=1.0)
+
+
 class ExecutorSettings(_Section):
     """The executor: its journal, the paper broker, operators, dead-man and risk limits."""
 
@@ -112,6 +135,7 @@ class ExecutorSettings(_Section):
     limits: dict[str, Any] = Field(
         default_factory=dict, description="pre-trade risk limits (RiskLimits names)"
     )
+    playbook: PlaybookSettings = PlaybookSettings()
 
 
 def _default_agent_id() -> str:

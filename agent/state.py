@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from agent.detector.signals import Signal, SmileFit
 from agent.domain import ChainBook, ChainUpdate, Health, Notice, UnderlyingTick
 from agent.events import Payload
-from agent.executor.events import OrderUpdated, PositionChanged, RiskStateChanged
+from agent.executor.events import OrderUpdated, PositionChanged, ProposalChanged, RiskStateChanged
 
 RECENT_NOTICES = 50
 RECENT_RESOLVED = 50
@@ -36,6 +36,7 @@ class Snapshot:
     orders: tuple[OrderUpdated, ...] = ()
     positions: tuple[PositionChanged, ...] = ()
     risk: RiskStateChanged | None = None
+    proposals: tuple[ProposalChanged, ...] = ()
 
 
 @dataclass
@@ -54,6 +55,7 @@ class AgentState:
     orders: dict[str, OrderUpdated] = field(default_factory=dict)
     positions: dict[str, PositionChanged] = field(default_factory=dict)
     risk: RiskStateChanged | None = None
+    proposals: dict[str, ProposalChanged] = field(default_factory=dict)  # pending ones
 
     def apply(self, seq: int, ts_ns: int, payload: Payload) -> None:
         self.last_seq, self.last_ts_ns = seq, ts_ns
@@ -86,6 +88,11 @@ class AgentState:
                 self.positions[osi] = payload
         elif isinstance(payload, RiskStateChanged):
             self.risk = payload
+        elif isinstance(payload, ProposalChanged):
+            if payload.status == "pending":
+                self.proposals[payload.id] = payload
+            else:
+                self.proposals.pop(payload.id, None)
 
     def snapshot(self) -> Snapshot:
         chain = self.book.as_update() if self.book.expiry else None
@@ -105,4 +112,5 @@ class AgentState:
             orders=tuple(self.orders.values()),
             positions=tuple(self.positions.values()),
             risk=self.risk,
+            proposals=tuple(self.proposals.values()),
         )

@@ -21,7 +21,14 @@ from agent.domain import (
 )
 from agent.eventlog import Event, MarketMerge, QueueItem
 from agent.events import Payload
-from agent.executor.events import CommandRecorded, FillBooked, OrderUpdated, PositionChanged, RiskStateChanged
+from agent.executor.events import (
+    CommandRecorded,
+    FillBooked,
+    OrderUpdated,
+    PositionChanged,
+    ProposalChanged,
+    RiskStateChanged,
+)
 from agent.executor.orders import OrderLeg, Side
 from agent.roles.executor import CommandOutcome, CommandSpec
 from agent.state import Snapshot
@@ -163,6 +170,22 @@ def order_to_pb(o: OrderUpdated, out: pb.OrderUpdate) -> None:
     out.source = o.origin
 
 
+def proposal_to_pb(p: ProposalChanged, out: pb.Proposal) -> None:
+    out.id = p.id
+    out.signal_id = p.signal_id
+    out.kind = p.kind
+    for leg in p.legs:
+        _order_leg_to_pb(leg, p.side, p.quantity, out.legs.add())
+    out.limit_price = str(p.limit_price)
+    out.quantity = p.quantity
+    out.edge = p.edge
+    out.created_ns = p.created_ns
+    out.expires_ns = p.expires_ns
+    out.explanation = p.explanation
+    out.status = p.status
+    out.reason = p.reason
+
+
 def fill_to_pb(f: FillBooked, out: pb.Fill) -> None:
     fill, c = f.fill, f.leg.contract
     out.exec_id = fill.exec_id
@@ -235,6 +258,8 @@ def snapshot_to_pb(s: Snapshot, out: pb.Snapshot) -> None:
         position_to_pb(p, out.positions.add())
     if s.risk is not None:
         risk_to_pb(s.risk, out.risk)
+    for prop in s.proposals:
+        proposal_to_pb(prop, out.proposals.add())
 
 
 def payload_to_envelope(p: Payload, env: pb.Envelope) -> None:
@@ -260,6 +285,8 @@ def payload_to_envelope(p: Payload, env: pb.Envelope) -> None:
         risk_to_pb(p, env.risk)
     elif isinstance(p, CommandRecorded):
         command_to_pb(p, env.command)
+    elif isinstance(p, ProposalChanged):
+        proposal_to_pb(p, env.proposal)
     else:  # pragma: no cover - exhaustive over Payload
         raise TypeError(f"no wire form for {type(p).__name__}")
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from agent.executor.orders import Fill, Order, OrderLeg
+from agent.executor.playbook import Proposal
 from agent.executor.positions import Position
 
 
@@ -85,3 +86,40 @@ class CommandRecorded:
     arguments_json: str
     accepted: bool
     result: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProposalChanged:
+    """A playbook proposal waiting for (or decided by) an operator."""
+
+    id: str
+    signal_id: str
+    kind: str
+    side: str
+    legs: tuple[OrderLeg, ...]
+    limit_price: Decimal
+    quantity: int
+    edge: float
+    created_ns: int
+    expires_ns: int
+    explanation: str
+    status: str
+    reason: str
+
+    @classmethod
+    def of(cls, p: Proposal) -> ProposalChanged:
+        return cls(
+            id=p.id,
+            signal_id=p.signal_id,
+            kind=p.kind,
+            side=p.order.side.value,
+            legs=p.order.legs,
+            limit_price=p.order.limit_price,
+            quantity=p.order.quantity,
+            edge=p.edge,
+            created_ns=p.created_ns,
+            expires_ns=p.expires_ns,
+            explanation=p.explanation,
+            status=p.status.value,
+            reason=p.reason,
+        )

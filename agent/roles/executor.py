@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
+from agent.detector.signals import Signal
 from agent.domain import ChainUpdate, NoticeLevel, Right
 from agent.eventlog import Event
 from agent.executor.core import Denied, OrderFlow
@@ -35,6 +36,7 @@ from agent.executor.events import (
     LimitUsage,
     OrderUpdated,
     PositionChanged,
+    ProposalChanged,
     RiskStateChanged,
 )
 from agent.executor.journal import Journal
@@ -52,8 +54,24 @@ from agent.executor.orders import (
     nearest_tick,
 )
 from agent.executor.paper import PaperBroker
+from agent.executor.playbook import (
+    CancelOrder as PlaybookCancel,
+)
+from agent.executor.playbook import (
+    ExitRules,
+    KindRule,
+    Mode,
+    PlannedOrder,
+    Playbook,
+    PlaybookConfig,
+    PlaybookConfigError,
+    Pricing,
+    Proposal,
+    ProposalError,
+    Target,
+)
 from agent.executor.risk import Denial, RiskConfigError, RiskContext, RiskEngine, RiskLimits, TradingState
-from agent.settings import ExecutorSettings
+from agent.settings import ExecutorSettings, PlaybookSettings
 
 if TYPE_CHECKING:
     from agent.runtime import AgentRuntime
@@ -110,6 +128,26 @@ def risk_limits(s: ExecutorSettings) -> RiskLimits:
     return replace(RiskLimits(), **values)
 
 
+def playbook_config(s: PlaybookSettings) -> PlaybookConfig:
+    """The playbook's configuration from the typed settings (``PlaybookConfigError`` if invalid)."""
+    rule = KindRule(
+        mode=Mode(s.mode),
+        pricing=Pricing(s.pricing),
+        improve_ticks=s.improve_ticks,
+        units=s.units,
+        max_premium=Decimal(str(s.max_premium)),
+        min_edge=s.min_edge,
+    )
+    exits = ExitRules(
+        take_profit=Target.usd(str(s.take_profit_usd)) if s.take_profit_usd else None,
+        stop_loss=Target.usd(str(s.stop_loss_usd)) if s.stop_loss_usd else None,
+        max_hold_s=s.max_hold_s,
+        flatten_before_close_min=s.flatten_before_close_min,
+    )
+    kinds = {kind: rule for kind in s.kinds} if s.mode != "off" else {}
+    return PlaybookConfig(kinds=kinds, exits=exits, cooldown_s=s.cooldown_s, proposal_ttl_s=s.proposal_ttl_s)
+
+
 class _CommandStore:
     """First results of operator commands by idempotency key, durable across restarts."""
 
@@ -141,8 +179,10 @@ class ExecutorRole:
         self.settings = settings
         try:
             self.limits = risk_limits(settings)
-        except RiskConfigError as exc:
+            self.playbook = Playbook(playbook_config(settings.playbook), rt.session)
+        except (RiskConfigError, PlaybookConfigError) as exc:
             raise ExecutorStartError(str(exc)) from None
+        self._signals: list[Signal] = []
         settings.journal.parent.mkdir(parents=True, exist_ok=True)
         settings.paper_book.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -176,6 +216,7 @@ class ExecutorRole:
             self._rt.notice(level, notice.code, notice.message, source="executor")
         for order in self.flow.orders.values():
             self._rt.publish(OrderUpdated.of(order))
+        self.playbook.restore(self.flow.orders.values())
         self._publish_positions()
         self._publish_risk(force=True)
 
@@ -191,6 +232,7 @@ class ExecutorRole:
             async with self._lock:
                 for report in self.broker.pump():
                     self._apply(report)
+                await self._run_playbook()
                 now = time.monotonic()
                 if now - last_risk >= RISK_EVERY_S:
                     last_risk = now
@@ -202,6 +244,8 @@ class ExecutorRole:
         if isinstance(ev.payload, ChainUpdate):
             self.broker.on_quotes(ev.payload)
             self._book_ts_ns = ev.ts_ns
+        elif isinstance(ev.payload, Signal):
+            self._signals.append(ev.payload)
 
     # ------------------------------------------------------------- publishing
 
@@ -258,6 +302,41 @@ class ExecutorRole:
         if force or state != self._last_risk:
             self._last_risk = state
             self._rt.publish(state)
+
+    # ------------------------------------------------------------- the playbook
+
+    async def _run_playbook(self) -> None:
+        book = self._rt.log.state.book
+        now = self._rt.clock.now_ns()
+        signals, self._signals = self._signals, []
+        for signal in signals:
+            for out in self.playbook.on_signal(signal, book, now):
+                if isinstance(out, Proposal):
+                    self._rt.publish(ProposalChanged.of(out))
+                else:
+                    await self._place_planned(out)
+        for proposal in self.playbook.expire(now):
+            self._rt.publish(ProposalChanged.of(proposal))
+        for action in self.playbook.on_tick(self.flow, book, now):
+            if isinstance(action, PlaybookCancel):
+                order = self.flow.orders.get(action.client_order_id)
+                if order is not None and order.state.open and not order.cancel_requested:
+                    await self.flow.cancel(action.client_order_id)
+                    self.risk.record_message(now)
+                    self._rt.publish(OrderUpdated.of(order))
+            else:
+                await self._place_planned(action)
+
+    async def _place_planned(self, plan: PlannedOrder) -> CommandOutcome:
+        outcome = await self._place(lambda cid: plan.intent(cid))
+        if not outcome.accepted:
+            self._rt.notice(
+                NoticeLevel.WARN,
+                "executor.denied",
+                f"{plan.purpose.value} for {plan.signal_id} not sent: {outcome.message}",
+                "executor",
+            )
+        return outcome
 
     # ------------------------------------------------------------- automatic actions
 
@@ -436,7 +515,23 @@ class ExecutorRole:
             "cancel_order": self._cmd_cancel,
             "heartbeat": self._cmd_heartbeat,
             "set_limits": self._cmd_set_limits,
+            "decide_proposal": self._cmd_decide,
         }
+
+    async def _cmd_decide(self, args: dict[str, Any]) -> CommandOutcome:
+        pid, now = str(args["proposal_id"]), self._rt.clock.now_ns()
+        try:
+            if not args["confirm"]:
+                proposal = self.playbook.reject(pid, now)
+                self._rt.publish(ProposalChanged.of(proposal))
+                return CommandOutcome(True, "ok", f"proposal {pid} rejected")
+            plan = self.playbook.confirm(pid, now, self._rt.log.state.book)
+        except ProposalError as exc:
+            return CommandOutcome(False, "invalid", str(exc))
+        for proposal in self.playbook.proposals(pending_only=False):
+            if proposal.id == pid:
+                self._rt.publish(ProposalChanged.of(proposal))
+        return await self._place_planned(plan)
 
     async def _cmd_set_armed(self, args: dict[str, Any]) -> CommandOutcome:
         self.armed = bool(args["armed"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import getpass
 import math
 import uuid
+from collections.abc import Iterable
 from typing import Annotated
 
 import typer
@@ -117,6 +118,49 @@ def register(app: typer.Typer) -> None:
         cmd = _command(key, operator)
         cmd.set_trading_state.state = state
         send(agent, cmd, json_out)
+
+    @app.command()
+    def confirm(
+        proposal_id: Annotated[str, typer.Argument(help="the proposal's id (spyctl proposals)")],
+        agent: AgentOpt = output.DEFAULT_AGENT,
+        operator: OperatorOpt = "",
+        key: KeyOpt = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Confirm a playbook proposal: its order goes through the pre-trade checks and out."""
+        cmd = _command(key, operator)
+        cmd.decide_proposal.proposal_id, cmd.decide_proposal.confirm = proposal_id, True
+        send(agent, cmd, json_out)
+
+    @app.command()
+    def reject(
+        proposal_id: Annotated[str, typer.Argument(help="the proposal's id (spyctl proposals)")],
+        agent: AgentOpt = output.DEFAULT_AGENT,
+        operator: OperatorOpt = "",
+        key: KeyOpt = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Reject a playbook proposal."""
+        cmd = _command(key, operator)
+        cmd.decide_proposal.proposal_id, cmd.decide_proposal.confirm = proposal_id, False
+        send(agent, cmd, json_out)
+
+    @app.command()
+    def proposals(agent: AgentOpt = output.DEFAULT_AGENT, json_out: JsonOpt = False) -> None:
+        """Playbook proposals waiting for an operator."""
+        snap = _snapshot(agent)
+        if json_out:
+            for p in snap.proposals:
+                output.print_json_line(output.message_dict(p))
+            return
+        output.print_table(
+            f"{len(snap.proposals)} pending proposals",
+            ["id", "kind", "legs", "qty", "limit", "edge $", "explanation"],
+            [
+                [p.id, p.kind, _legs(p.legs), str(p.quantity), p.limit_price, f"{p.edge:,.2f}", p.explanation]
+                for p in snap.proposals
+            ],
+        )
 
     order_app = typer.Typer(no_args_is_help=True, help="Manual orders.")
     app.add_typer(order_app, name="order")
@@ -236,10 +280,7 @@ def register(app: typer.Typer) -> None:
                 [
                     o.client_order_id,
                     o.state,
-                    " / ".join(
-                        f"{leg.side.lower()} {leg.quantity} {leg.strike:g}{'C' if leg.right == pb.CALL else 'P'}"
-                        for leg in o.legs
-                    ),
+                    _legs(o.legs),
                     str(o.quantity),
                     str(o.filled),
                     o.limit_price,
@@ -274,6 +315,13 @@ def register(app: typer.Typer) -> None:
                 for p in snap.positions
             ],
         )
+
+
+def _legs(legs: Iterable[pb.Leg]) -> str:
+    return " / ".join(
+        f"{leg.side.lower()} {leg.quantity} {leg.strike:g}{'C' if leg.right == pb.CALL else 'P'}"
+        for leg in legs
+    )
 
 
 def _snapshot(agent: str) -> pb.Snapshot:

@@ -3,6 +3,7 @@ fills at the paper broker, halt and flatten, restart from the journal, one execu
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 from typing import Any
@@ -185,3 +186,59 @@ async def test_agent_without_executor_refuses_commands(sim_agent: AgentThread) -
     async with AgentClient(sim_agent.address) as client:
         with pytest.raises(AgentRequestError, match="runs no executor"):
             await client.execute(cmd(halt=pb.Halt()))
+
+
+async def test_playbook_proposals_are_confirmed_or_rejected_by_an_operator(
+    start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    settings = executor_settings(tmp_path, playbook={"mode": "propose", "proposal_ttl_s": 600})
+    agent = start_agent(
+        roles="feed,detector,executor",
+        sim={"anomaly_rate_per_min": 60.0},
+        **{k: v for k, v in settings.items() if k != "roles"},
+    )
+    async with AgentClient(agent.address) as client:
+
+        async def two_proposals() -> bool:
+            return len((await client.snapshot()).proposals) >= 2
+
+        await eventually(two_proposals, timeout=30)
+        first, second = (await client.snapshot()).proposals[:2]
+        assert first.legs
+        assert first.status == "pending"
+        rejected = await client.execute(
+            cmd(decide_proposal=pb.DecideProposal(proposal_id=second.id, confirm=False))
+        )
+        assert rejected.accepted, rejected.message
+        confirmed = await client.execute(
+            cmd(decide_proposal=pb.DecideProposal(proposal_id=first.id, confirm=True))
+        )
+        # the order is sent, or refused by the pre-trade checks with a reason: never silently dropped
+        assert confirmed.accepted or confirmed.denials, confirmed.message
+        again = await client.execute(
+            cmd(decide_proposal=pb.DecideProposal(proposal_id=first.id, confirm=True))
+        )
+        assert not again.accepted  # a proposal is decided once
+        pending = {p.id for p in (await client.snapshot()).proposals}
+        assert first.id not in pending
+        assert second.id not in pending
+
+
+async def test_dead_man_halts_an_armed_executor_without_heartbeats(
+    start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    agent = start_agent(**executor_settings(tmp_path, deadman_s=1.0))
+    async with AgentClient(agent.address) as client:
+        assert (await client.execute(cmd(set_armed=pb.SetArmed(armed=True)))).accepted
+        for _ in range(3):  # heartbeats keep it armed
+            await asyncio.sleep(0.5)
+            assert (await client.execute(cmd(heartbeat=pb.Heartbeat()))).accepted
+        assert (await client.snapshot()).risk.armed
+
+        async def halted() -> bool:
+            risk = (await client.snapshot()).risk
+            return not risk.armed and risk.trading_state == "HALTED"
+
+        await eventually(halted, timeout=10)
+        snap = await client.snapshot()
+        assert "executor.deadman" in {n.code for n in snap.recent_notices}

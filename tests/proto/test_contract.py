@@ -94,7 +94,8 @@ def test_reserved_ranges_leave_room(message: str) -> None:
 
 def test_envelope_keeps_room_for_new_payloads() -> None:
     reserved = _reserved(pb.Envelope.DESCRIPTOR)
-    assert set(range(22, 40)) <= reserved
+    payload_numbers = {f.number for f in pb.Envelope.DESCRIPTOR.oneofs_by_name["payload"].fields}
+    assert len({n for n in reserved if n > max(payload_numbers)}) >= 10
 
 
 def test_service_methods() -> None:

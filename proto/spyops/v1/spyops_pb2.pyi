@@ -246,6 +246,7 @@ class Envelope(_message.Message):
     SNAPSHOT_FIELD_NUMBER: _builtins.int
     COMMAND_FIELD_NUMBER: _builtins.int
     SMILE_FIELD_NUMBER: _builtins.int
+    PROPOSAL_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     seq: _builtins.int
     """strictly increasing per agent incarnation, no gaps"""
@@ -280,8 +281,10 @@ class Envelope(_message.Message):
     @_builtins.property
     def command(self) -> Global___CommandRecord: ...
     @_builtins.property
-    def smile(self) -> Global___SmileFit:
-        """22-39 reserved for future payloads."""
+    def smile(self) -> Global___SmileFit: ...
+    @_builtins.property
+    def proposal(self) -> Global___Proposal:
+        """23-39 reserved for future payloads."""
 
     def __init__(
         self,
@@ -303,12 +306,13 @@ class Envelope(_message.Message):
         snapshot: Global___Snapshot | None = ...,
         command: Global___CommandRecord | None = ...,
         smile: Global___SmileFit | None = ...,
+        proposal: Global___Proposal | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["chain", b"chain", "command", b"command", "fill", b"fill", "health", b"health", "notice", b"notice", "order", b"order", "payload", b"payload", "position", b"position", "risk", b"risk", "signal", b"signal", "smile", b"smile", "snapshot", b"snapshot", "underlying", b"underlying"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chain", b"chain", "command", b"command", "fill", b"fill", "health", b"health", "notice", b"notice", "order", b"order", "payload", b"payload", "position", b"position", "proposal", b"proposal", "risk", b"risk", "signal", b"signal", "smile", b"smile", "snapshot", b"snapshot", "underlying", b"underlying"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "chain", b"chain", "command", b"command", "fill", b"fill", "first_seq", b"first_seq", "health", b"health", "notice", b"notice", "order", b"order", "payload", b"payload", "position", b"position", "risk", b"risk", "seq", b"seq", "signal", b"signal", "smile", b"smile", "snapshot", b"snapshot", "ts_ns", b"ts_ns", "underlying", b"underlying", "wall_ns", b"wall_ns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "chain", b"chain", "command", b"command", "fill", b"fill", "first_seq", b"first_seq", "health", b"health", "notice", b"notice", "order", b"order", "payload", b"payload", "position", b"position", "proposal", b"proposal", "risk", b"risk", "seq", b"seq", "signal", b"signal", "smile", b"smile", "snapshot", b"snapshot", "ts_ns", b"ts_ns", "underlying", b"underlying", "wall_ns", b"wall_ns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["underlying", "chain", "signal", "order", "fill", "position", "risk", "health", "notice", "snapshot", "command", "smile"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["underlying", "chain", "signal", "order", "fill", "position", "risk", "health", "notice", "snapshot", "command", "smile", "proposal"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -749,6 +753,64 @@ class OrderUpdate(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OrderUpdate: _TypeAlias = OrderUpdate  # noqa: Y015
+
+@_typing.final
+class Proposal(_message.Message):
+    """A playbook entry waiting for an operator (spyctl confirm ID / reject ID)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    SIGNAL_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    LEGS_FIELD_NUMBER: _builtins.int
+    LIMIT_PRICE_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
+    EDGE_FIELD_NUMBER: _builtins.int
+    CREATED_NS_FIELD_NUMBER: _builtins.int
+    EXPIRES_NS_FIELD_NUMBER: _builtins.int
+    EXPLANATION_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    signal_id: _builtins.str
+    kind: _builtins.str
+    limit_price: _builtins.str
+    """Decimal as string, per unit"""
+    quantity: _builtins.int
+    edge: _builtins.float
+    """$ per unit as the detector saw it"""
+    created_ns: _builtins.int
+    expires_ns: _builtins.int
+    explanation: _builtins.str
+    status: _builtins.str
+    """pending, confirmed, rejected, expired"""
+    reason: _builtins.str
+    @_builtins.property
+    def legs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Leg]: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        signal_id: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        legs: _abc.Iterable[Global___Leg] | None = ...,
+        limit_price: _builtins.str = ...,
+        quantity: _builtins.int = ...,
+        edge: _builtins.float = ...,
+        created_ns: _builtins.int = ...,
+        expires_ns: _builtins.int = ...,
+        explanation: _builtins.str = ...,
+        status: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_ns", b"created_ns", "edge", b"edge", "expires_ns", b"expires_ns", "explanation", b"explanation", "id", b"id", "kind", b"kind", "legs", b"legs", "limit_price", b"limit_price", "quantity", b"quantity", "reason", b"reason", "signal_id", b"signal_id", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Proposal: _TypeAlias = Proposal  # noqa: Y015
 
 @_typing.final
 class Fill(_message.Message):
@@ -1454,6 +1516,7 @@ class Snapshot(_message.Message):
     HEALTH_FIELD_NUMBER: _builtins.int
     RECENT_NOTICES_FIELD_NUMBER: _builtins.int
     SMILE_FIELD_NUMBER: _builtins.int
+    PROPOSALS_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     incarnation: _builtins.str
     as_of_seq: _builtins.int
@@ -1479,6 +1542,10 @@ class Snapshot(_message.Message):
     def recent_notices(self) -> _containers.RepeatedCompositeFieldContainer[Global___Notice]: ...
     @_builtins.property
     def smile(self) -> Global___SmileFit: ...
+    @_builtins.property
+    def proposals(self) -> _containers.RepeatedCompositeFieldContainer[Global___Proposal]:
+        """pending ones"""
+
     def __init__(
         self,
         *,
@@ -1495,10 +1562,11 @@ class Snapshot(_message.Message):
         health: Global___Health | None = ...,
         recent_notices: _abc.Iterable[Global___Notice] | None = ...,
         smile: Global___SmileFit | None = ...,
+        proposals: _abc.Iterable[Global___Proposal] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["chain", b"chain", "health", b"health", "risk", b"risk", "smile", b"smile", "underlying", b"underlying"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "as_of_seq", b"as_of_seq", "chain", b"chain", "health", b"health", "incarnation", b"incarnation", "orders", b"orders", "positions", b"positions", "recent_notices", b"recent_notices", "risk", b"risk", "signals", b"signals", "smile", b"smile", "ts_ns", b"ts_ns", "underlying", b"underlying"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "as_of_seq", b"as_of_seq", "chain", b"chain", "health", b"health", "incarnation", b"incarnation", "orders", b"orders", "positions", b"positions", "proposals", b"proposals", "recent_notices", b"recent_notices", "risk", b"risk", "signals", b"signals", "smile", b"smile", "ts_ns", b"ts_ns", "underlying", b"underlying"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
