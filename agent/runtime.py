@@ -163,6 +163,8 @@ class AgentRuntime:
         if self.executor is not None:
             await self.executor.start()  # reconciles with the broker before any command is served
             self._spawn(self.executor.run(), "executor")
+            if self.executor.elector is not None:
+                self._spawn(self.executor.elector.run(), "lease")
             self.set_health(ComponentHealth("executor", ComponentStatus.OK, "paper broker"))
         if "feed" in s.roles or s.feed == "upstream":
             # a detector (or executor) without a local feed takes its quotes from the upstream agent

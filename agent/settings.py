@@ -114,6 +114,23 @@ class PlaybookSettings(_Section):
     cooldown_s: float = Field(300.0, ge=1.0)
 
 
+class LeaseSettings(_Section):
+    """Leader election on a Kubernetes Lease: with several replicas only the leader sends orders."""
+
+    enabled: bool = Field(False, description="off: one executor, kept single by its journal's file lock")
+    namespace: str = "default"
+    name: str = Field("spyops-executor", description="the Lease object")
+    identity: str | None = Field(
+        None, description="this replica (default: host name, pid and a random suffix)"
+    )
+    api_url: str | None = Field(
+        None, description="API server URL outside the cluster (in-cluster credentials if unset)"
+    )
+    lease_duration_s: float = Field(15.0, gt=0.0)
+    renew_deadline_s: float = Field(10.0, gt=0.0)
+    retry_period_s: float = Field(2.0, gt=0.0)
+
+
 class ExecutorSettings(_Section):
     """The executor: its journal, the paper broker, operators, dead-man and risk limits."""
 
@@ -136,6 +153,7 @@ class ExecutorSettings(_Section):
         default_factory=dict, description="pre-trade risk limits (RiskLimits names)"
     )
     playbook: PlaybookSettings = PlaybookSettings()
+    lease: LeaseSettings = LeaseSettings()
 
 
 def _default_agent_id() -> str:

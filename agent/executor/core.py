@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.executor.broker import Broker
+from agent.executor.fencing import NotLeaderError
 from agent.executor.journal import Journal
 from agent.executor.orders import (
     Applied,
@@ -30,6 +31,7 @@ from agent.executor.orders import (
     Order,
     OrderFilled,
     OrderIntent,
+    OrderRejected,
     OrderReport,
     Outcome,
 )
@@ -108,7 +110,11 @@ class OrderFlow:
         self,
         build: Callable[[str], OrderIntent],
         veto: Callable[[OrderIntent], tuple[Denial, ...]] | None = None,
+        fence: Callable[[OrderIntent], None] | None = None,
     ) -> Placed | Denied:
+        """Journal, then send. ``fence`` runs between the two and raises ``NotLeaderError`` when this
+        executor may no longer send (a deposed leader): the journaled intent is then closed as
+        rejected, never sent."""
         if not self.started:
             raise RuntimeError("OrderFlow.start() must reconcile before any order")
         intent = build(self.journal.next_client_order_id())
@@ -118,6 +124,12 @@ class OrderFlow:
         self.journal.record_intent(intent)
         self.orders[intent.client_order_id] = Order(intent)
         self.crash_hook("intent_journaled")
+        if fence is not None:
+            try:
+                fence(intent)
+            except NotLeaderError as exc:
+                self._book(OrderRejected(intent.client_order_id, self.clock(), f"not sent: {exc}"))
+                return Denied(intent.client_order_id, (Denial("not_leader", str(exc)),))
         await self.broker.submit(intent)
         self.crash_hook("sent")
         return Placed(intent)

@@ -18,13 +18,18 @@ import asyncio
 import json
 import logging
 import math
+import os
 import re
+import socket
 import sqlite3
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, fields, replace
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
+
+from kubernetes import client as k8s
 
 from agent.detector.signals import Signal
 from agent.domain import ChainUpdate, NoticeLevel, Right
@@ -39,7 +44,9 @@ from agent.executor.events import (
     ProposalChanged,
     RiskStateChanged,
 )
+from agent.executor.fencing import NotLeaderError
 from agent.executor.journal import Journal
+from agent.executor.lease import KubeLeaseStore, LeaderElector, LeaseError, LeaseTimings
 from agent.executor.orders import (
     Contract,
     OrderError,
@@ -71,7 +78,7 @@ from agent.executor.playbook import (
     Target,
 )
 from agent.executor.risk import Denial, RiskConfigError, RiskContext, RiskEngine, RiskLimits, TradingState
-from agent.settings import ExecutorSettings, PlaybookSettings
+from agent.settings import ExecutorSettings, LeaseSettings, PlaybookSettings
 
 if TYPE_CHECKING:
     from agent.runtime import AgentRuntime
@@ -200,12 +207,49 @@ class ExecutorRole:
         )
         self.risk = RiskEngine(self.limits)
         self.commands = _CommandStore(str(settings.journal) + ".commands")
+        self.elector: LeaderElector | None = None
+        if settings.lease.enabled:
+            self.elector = self._elector(settings.lease)
         self.armed = False
         self.last_heartbeat = time.monotonic()
         self._last_risk: RiskStateChanged | None = None
         self._book_ts_ns = 0  # market time of the last chain update (confirms the standing quotes)
         self._lock = asyncio.Lock()  # one command or report batch at a time
         rt.log.add_listener(self._on_event)
+
+    def _elector(self, s: LeaseSettings) -> LeaderElector:
+        identity = s.identity or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        config = None
+        if s.api_url:
+            config = k8s.Configuration(host=s.api_url)
+        try:
+            store = KubeLeaseStore.connect(s.namespace, s.name, identity, configuration=config)
+            timings = LeaseTimings(s.lease_duration_s, s.renew_deadline_s, s.retry_period_s)
+        except (LeaseError, ValueError) as exc:
+            self.close()
+            raise ExecutorStartError(f"leader election: {exc}") from None
+        return LeaderElector(
+            store,
+            identity,
+            timings,
+            on_started_leading=self._started_leading,
+            on_stopped_leading=self._stopped_leading,
+            epoch_floor=self.journal.stats().max_lease_epoch + 1,
+        )
+
+    def _started_leading(self, epoch: int) -> None:
+        self._rt.notice(NoticeLevel.INFO, "executor.leader", f"leading (epoch {epoch})", "executor")
+        self._publish_risk(force=True)
+
+    def _stopped_leading(self) -> None:
+        self._rt.notice(
+            NoticeLevel.WARN, "executor.standby", "no longer the leader: sending nothing", "executor"
+        )
+        self._publish_risk(force=True)
+
+    @property
+    def leader(self) -> bool:
+        return self.elector is None or self.elector.is_leader_now()
 
     # ------------------------------------------------------------- lifecycle
 
@@ -293,8 +337,8 @@ class ExecutorRole:
             realized=float(pnl.realized),
             unrealized=pnl.unrealized,
             fees=float(pnl.fees),
-            leader=True,
-            lease_epoch=0,
+            leader=self.leader,
+            lease_epoch=(self.elector.epoch or 0) if self.elector is not None else 0,
         )
 
     def _publish_risk(self, force: bool = False) -> None:
@@ -381,7 +425,22 @@ class ExecutorRole:
         return self.risk.check(intent, self._ctx())
 
     async def _place(self, build: Callable[[str], OrderIntent]) -> CommandOutcome:
-        placed = await self.flow.place(build, self._veto)
+        elector = self.elector
+        fence: Callable[[OrderIntent], None] | None = None
+        if elector is not None:
+            try:
+                epoch = elector.fence()
+            except NotLeaderError as exc:
+                return CommandOutcome(False, "not_leader", str(exc), "", (Denial("not_leader", str(exc)),))
+            unfenced = build
+
+            def build(cid: str) -> OrderIntent:
+                return replace(unfenced(cid), lease_epoch=epoch)
+
+            def fence(intent: OrderIntent) -> None:
+                elector.fence(expect=intent.lease_epoch)
+
+        placed = await self.flow.place(build, self._veto, fence)
         if isinstance(placed, Denied):
             reasons = "; ".join(d.reason for d in placed.denials)
             return CommandOutcome(False, "denied", reasons, placed.client_order_id, placed.denials)
