@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from console.cli import output, trading
+from console.cli import backtest, output, trading
 from console.cli.common import AgentOpt, client_for, run
 from console.client import ConnectionEvent, ConnectionState, ResumingStream
 from console.format import ny_time
@@ -263,6 +263,7 @@ def _register_agent_command() -> None:
 
 _register_agent_command()
 trading.register(app)
+backtest.register(app)
 
 
 def main() -> None:
