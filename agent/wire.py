@@ -212,6 +212,7 @@ def position_to_pb(p: PositionChanged, out: pb.Position) -> None:
     out.mark = p.mark
     out.unrealized = p.unrealized
     out.realized = float(pos.realized - pos.fees)
+    out.delta, out.gamma, out.vega, out.theta = p.delta, p.gamma, p.vega, p.theta
 
 
 def risk_to_pb(r: RiskStateChanged, out: pb.RiskState) -> None:

@@ -3,6 +3,7 @@ state and the operator commands it received (the audit trail)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -54,9 +55,16 @@ class FillBooked:
 
 @dataclass(frozen=True, slots=True)
 class PositionChanged:
+    """A position marked to mid, with its greeks in share equivalents (quantity x multiplier; NaN
+    when the contract has no usable quote or vol)."""
+
     position: Position
     mark: float  # mid, NaN when unknown
     unrealized: float
+    delta: float = math.nan
+    gamma: float = math.nan
+    vega: float = math.nan
+    theta: float = math.nan
 
 
 @dataclass(frozen=True, slots=True)

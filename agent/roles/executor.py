@@ -77,6 +77,7 @@ from agent.executor.playbook import (
     ProposalError,
     Target,
 )
+from agent.executor.positions import contract_greeks
 from agent.executor.risk import Denial, RiskConfigError, RiskContext, RiskEngine, RiskLimits, TradingState
 from agent.settings import ExecutorSettings, LeaseSettings, PlaybookSettings
 
@@ -307,9 +308,14 @@ class ExecutorRole:
 
     def _publish_positions(self, only_osi: str | None = None) -> None:
         book = self._rt.log.state.book
-        for pos in self.flow.positions.positions(include_flat=only_osi is not None):
-            if only_osi is not None and pos.contract.osi != only_osi:
-                continue
+        held = [
+            p
+            for p in self.flow.positions.positions(include_flat=only_osi is not None)
+            if only_osi is None or p.contract.osi == only_osi
+        ]
+        tau = self._rt.session.tau(self._rt.clock.now_ns())
+        greeks = contract_greeks(book, [p.contract for p in held], tau)
+        for pos in held:
             quote = book.quotes.get(pos.contract.key)
             mark = quote.mid if quote is not None else math.nan
             unreal = (
@@ -317,7 +323,16 @@ class ExecutorRole:
                 if math.isfinite(mark)
                 else math.nan
             )
-            self._rt.publish(PositionChanged(pos, mark, unreal))
+            g = greeks.get(pos.contract.osi)
+            size = pos.quantity * pos.contract.multiplier
+            if g is None:
+                self._rt.publish(PositionChanged(pos, mark, unreal))
+            else:
+                self._rt.publish(
+                    PositionChanged(
+                        pos, mark, unreal, g.delta * size, g.gamma * size, g.vega * size, g.theta * size
+                    )
+                )
 
     def risk_state(self) -> RiskStateChanged:
         book = self._rt.log.state.book

@@ -92,6 +92,8 @@ async def test_manual_order_fills_at_the_touch_and_books_a_position(
         snap = await client.snapshot()
         (pos,) = snap.positions
         assert (pos.strike, pos.quantity) == (q.strike, 2)
+        assert 0 < pos.delta < 200  # two at-the-money calls: about 100 share equivalents
+        assert pos.gamma > 0
         assert snap.risk.fees > 0
         flat = await client.execute(cmd(flatten=pb.Flatten(reason="test")))
         assert flat.accepted, flat.message
