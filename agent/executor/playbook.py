@@ -45,22 +45,40 @@ cool-downs from the journal's orders after a restart.
 **Exits** (:meth:`Playbook.on_tick`). The playbook's positions are derived on every tick from the
 orders (crash-only: nothing to lose in memory): orders of origin ``strategy`` or ``flatten`` that carry
 a ``signal_id``, grouped by signal id and legs; the first such order is the entry (its side is the
-trade's direction), orders on the opposite side are exits. Held units are the complete units filled
-by entries minus those filled by exits, capped by what the position book really holds (an operator may
-have closed contracts by hand). Rules, in priority order:
+trade's direction), orders on the opposite side are exits, and a ``flatten`` order of the same signal
+id on some of the trade's contracts (see netting below) is an exit of that trade too.
+
+*Allocation.* Each trade's holding of each leg comes from its own fills only: the signed contracts its
+entries bought or sold minus those its exits closed (:attr:`PlaybookTrade.held`), whatever other trades
+hold of the same contract: a parity trade short the 590 call and a butterfly long it are two positions,
+although the position book nets them. What a trade may still close (:attr:`PlaybookTrade.closable`) is
+that holding less the contracts its working exits will close, and then the playbook's claims are
+checked against the position book, contract by contract: the playbook's exits taken together never
+sell more than the book holds (nor buy back more than it is short), counting working exits. When the
+trades' claims on a contract add up to more than the book holds in that direction (an operator closed
+contracts by hand), the claims are reduced by the difference, the most recent trade first
+(:attr:`PlaybookTrade.reduced`), and the exit's reason says so. Rules, in priority order:
 
 1. flatten before close: from ``flatten_before_close_min`` minutes before the session's close (15:50
-   New York on a regular day, 12:50 on a 13:00 half day) every held unit is closed at the touch with
-   origin ``flatten`` (the risk engine lets those through even when HALTED, as they reduce);
+   New York on a regular day, 12:50 on a 13:00 half day) every trade's remaining legs are closed at the
+   touch with origin ``flatten``. Opposite claims of different trades on one contract are netted first
+   (:attr:`PlaybookTrade.crossed`; allocated oldest trade first on both sides): they offset each other
+   in the book, and an order for them would not reduce the book's position, so the risk engine would
+   deny it after the opening cutoff or when REDUCING or HALTED. Each trade then gets its own order for
+   what remains: the whole combination when what remains is whole units of it, otherwise an order on
+   the remaining legs only (still the trade's signal id, origin ``flatten``). Every flatten order
+   reduces the book, so the book ends flat; the per-trade bookkeeping keeps the netted contracts on
+   each side (each trade's P&L marks them; the sum over trades is the book's P&L);
 2. stop-loss and 3. take-profit, per unit in dollars or in percent of the entry premium, on the
    combination's mark (``mid`` by default, or ``touch``: what closing would get now), before fees;
 4. time exit: ``max_hold_s`` after the first entry fill.
 
-Exits of rules 2-4 have origin ``strategy`` and are priced by ``exits.pricing``. Units with an exit
-order working are not exited again; an exit working longer than ``reprice_after_s`` is cancelled (a
-:class:`CancelOrder`) so that the next tick re-prices it; an exit not placed (e.g. denied by risk) is
-proposed again after ``retry_after_s``. Entry orders still working after ``entry_ttl_s``, or at the
-flatten time, are cancelled.
+Exits of rules 2-4 close whole units of the trade's own combination (as many as are closable on every
+leg; legs left over wait for the flatten), have origin ``strategy`` and are priced by
+``exits.pricing``. Contracts with an exit order working are not exited again; an exit working longer
+than ``reprice_after_s`` is cancelled (a :class:`CancelOrder`) so that the next tick re-prices it; an
+exit not placed (e.g. denied by risk) is proposed again after ``retry_after_s``. Entry orders still
+working after ``entry_ttl_s``, or at the flatten time, are cancelled.
 
 Limits of the order model (see the report): parity and intrinsic signals are arbitrages against the
 underlying, but a :class:`~agent.executor.orders.Contract` is an option, so the playbook trades the
@@ -381,7 +399,14 @@ class Skip:
 @dataclass(frozen=True, slots=True)
 class PlaybookTrade:
     """A position the playbook opened: ``units`` of the combination ``legs`` bought (``side`` BUY)
-    or sold, at ``entry_price`` per unit on average; ``exiting`` units have an exit order working."""
+    or sold, at ``entry_price`` per unit on average; ``exiting`` units have an exit order working.
+
+    Per leg (in the order of ``legs``), signed contracts (+ long, - short), see the module docstring:
+    ``held`` by the trade's own fills; ``closable`` by new exit orders (``held`` less the working
+    exits, less ``reduced``); ``reduced``, what the position book no longer backs (closed by hand), as
+    a count of contracts; ``crossed``, the part of ``closable`` that offsets other trades' opposite
+    claims (netted at the flatten, no order). ``order_ids`` are the trade's orders (its P&L is theirs).
+    """
 
     signal_id: str
     side: Side
@@ -390,6 +415,11 @@ class PlaybookTrade:
     entry_price: Decimal
     opened_ns: int
     exiting: int = 0
+    held: tuple[int, ...] = ()
+    closable: tuple[int, ...] = ()
+    reduced: tuple[int, ...] = ()
+    crossed: tuple[int, ...] = ()
+    order_ids: tuple[str, ...] = ()
 
     @property
     def key(self) -> tuple[object, ...]:
@@ -398,6 +428,37 @@ class PlaybookTrade:
     @property
     def multiplier(self) -> int:
         return self.legs[0].contract.multiplier
+
+    @property
+    def directions(self) -> tuple[int, ...]:
+        """+1 for a leg the trade holds long, -1 short."""
+        return tuple(leg.side_for(self.side).sign for leg in self.legs)
+
+    @property
+    def closable_units(self) -> int:
+        """Whole units of the combination that exits may close now (closable on every leg)."""
+        return max(
+            0,
+            min(
+                (d * c) // leg.ratio
+                for d, c, leg in zip(self.directions, self.closable, self.legs, strict=True)
+            ),
+        )
+
+    @property
+    def remaining(self) -> tuple[int, ...]:
+        """Signed contracts per leg the flatten closes by orders: ``closable`` less ``crossed``."""
+        return tuple(c - x for c, x in zip(self.closable, self.crossed, strict=True))
+
+    def shortfall(self) -> str:
+        """Why exits close less than the trade holds ('' when the book backs it all)."""
+        short = [f"{n} {_leg_name(leg)}" for n, leg in zip(self.reduced, self.legs, strict=True) if n]
+        if not short:
+            return ""
+        return (
+            f"the position book holds less than the playbook's trades ({', '.join(short)} not closed: "
+            "closed by hand?)"
+        )
 
 
 class Blotter(Protocol):
@@ -495,12 +556,21 @@ class _Group:
     side: Side
     legs: tuple[OrderLeg, ...]
     entries: list[Order] = field(default_factory=list)
-    exits: list[Order] = field(default_factory=list)
+    exits: list[Order] = field(default_factory=list)  # incl. flatten orders on some of the legs
+
+    @property
+    def osis(self) -> tuple[str, ...]:
+        return tuple(leg.contract.osi for leg in self.legs)
 
 
 def _groups(orders: Iterable[Order]) -> list[_Group]:
-    """The playbook's orders grouped per trade (signal id and legs), the first one the entry."""
+    """The playbook's orders grouped per trade (signal id and legs), the first one the entry.
+
+    A ``flatten`` order of a signal id whose legs are not a trade's own but a part of a trade's
+    contracts (the flatten's netted orders) belongs to the oldest such trade of that signal id.
+    """
     groups: dict[tuple[object, ...], _Group] = {}
+    by_signal: dict[str, list[_Group]] = {}
     mine = sorted(
         (o for o in orders if _is_playbook(o.intent)),
         key=lambda o: (o.intent.created_ns, o.client_order_id),
@@ -508,10 +578,21 @@ def _groups(orders: Iterable[Order]) -> list[_Group]:
     for o in mine:
         key = _trade_key(o.intent.signal_id, o.intent.legs)
         g = groups.get(key)
+        if g is None and o.intent.origin is Origin.FLATTEN:
+            osis = {leg.contract.osi for leg in o.intent.legs}
+            parent = next((p for p in by_signal.get(o.intent.signal_id, ()) if osis <= set(p.osis)), None)
+            if parent is not None:
+                parent.exits.append(o)
+                continue
         if g is None:
             g = groups[key] = _Group(o.intent.signal_id, o.intent.side, o.intent.legs)
+            by_signal.setdefault(g.signal_id, []).append(g)
         (g.entries if o.intent.side is g.side else g.exits).append(o)
     return list(groups.values())
+
+
+def _leg_name(leg: OrderLeg) -> str:
+    return f"{leg.contract.strike:g}{leg.contract.right.value}"
 
 
 def _net_fill_price(o: Order) -> Decimal | None:
@@ -525,31 +606,117 @@ def _net_fill_price(o: Order) -> Decimal | None:
     return total
 
 
+def _signed_fills(o: Order) -> dict[str, int]:
+    """Signed contracts ``o`` filled, per contract (+ bought, - sold)."""
+    out: dict[str, int] = {}
+    for f in o.fills.values():
+        osi = o.intent.legs[f.leg].contract.osi
+        out[osi] = out.get(osi, 0) + f.side.sign * f.quantity
+    return out
+
+
+def _signed_leaves(o: Order) -> dict[str, int]:
+    """Signed contracts a working order may still trade, per contract (none once it is terminal)."""
+    if not o.state.open:
+        return {}
+    return {
+        leg.contract.osi: leg.side_for(o.intent.side).sign * (leg.ratio * o.quantity - o.leg_filled[i])
+        for i, leg in enumerate(o.intent.legs)
+    }
+
+
+def _allocate(claims: list[int], amount: int, order: Iterable[int]) -> list[int]:
+    """Take ``amount`` (>= 0) out of the same-signed ``claims`` in the index ``order``; what each gave."""
+    taken = [0] * len(claims)
+    for i in order:
+        if amount <= 0:
+            break
+        n = min(abs(claims[i]), amount)
+        taken[i] = n
+        amount -= n
+    return taken
+
+
 def _trades(orders: Iterable[Order], positions: PositionBook) -> list[PlaybookTrade]:
-    available = positions.net_quantities()
+    """Each trade's legs from its own fills, its claims checked against the book (module docstring)."""
+    groups = _groups(orders)
+    held: list[dict[str, int]] = []
+    free: list[dict[str, int]] = []
+    working: dict[str, int] = {}  # per contract: what the playbook's working exits will still trade
+    for g in groups:
+        h = dict.fromkeys(g.osis, 0)
+        leaves = dict.fromkeys(g.osis, 0)
+        for o in (*g.entries, *g.exits):
+            for osi, n in _signed_fills(o).items():
+                h[osi] += n
+        for o in g.exits:
+            for osi, n in _signed_leaves(o).items():
+                leaves[osi] += n
+                working[osi] = working.get(osi, 0) + n
+        held.append(h)
+        # a trade that holds nothing claims nothing (its working exits still count for the book)
+        free.append({osi: h[osi] + leaves[osi] if any(h.values()) else 0 for osi in g.osis})
+    # the book's backing, contract by contract: claims beyond it are reduced, the newest trade first
+    book = positions.net_quantities()
+    claims = [dict(f) for f in free]
+    reduced: list[dict[str, int]] = [dict.fromkeys(g.osis, 0) for g in groups]
+    crossed: list[dict[str, int]] = [dict.fromkeys(g.osis, 0) for g in groups]
+    for osi in sorted({osi for g in groups for osi in g.osis}):
+        who = [i for i, g in enumerate(groups) if osi in g.osis]
+        total = sum(claims[i][osi] for i in who)
+        backed = book.get(osi, 0) + working.get(osi, 0)  # the book once the working exits are done
+        sign = 1 if total > 0 else -1
+        excess = abs(total) - max(sign * backed, 0) if total else 0
+        if excess > 0:
+            same = [i for i in who if claims[i][osi] * sign > 0]
+            cut = _allocate([claims[i][osi] for i in same], excess, reversed(range(len(same))))
+            for i, n in zip(same, cut, strict=True):
+                claims[i][osi] -= sign * n
+                reduced[i][osi] = n
+        # opposite claims offset each other in the book: netted, oldest trade first on each side
+        longs = [i for i in who if claims[i][osi] > 0]
+        shorts = [i for i in who if claims[i][osi] < 0]
+        cross = min(sum(claims[i][osi] for i in longs), -sum(claims[i][osi] for i in shorts))
+        for side, ids in ((1, longs), (-1, shorts)):
+            taken = _allocate([claims[i][osi] for i in ids], cross, range(len(ids)))
+            for i, n in zip(ids, taken, strict=True):
+                crossed[i][osi] = side * n
     out: list[PlaybookTrade] = []
-    for g in _groups(orders):
-        bought = sum(o.filled for o in g.entries)
-        sold = sum(o.filled for o in g.exits)
-        if bought <= sold:
+    for k, g in enumerate(groups):
+        legs_held = tuple(held[k][osi] for osi in g.osis)
+        if not any(legs_held):
             continue
-        # never more than the book holds (contracts closed by hand, or shared with another trade)
-        feasible = bought - sold
-        signs = [leg.side_for(g.side).sign for leg in g.legs]
-        for leg, sign in zip(g.legs, signs, strict=True):
-            held = sign * available.get(leg.contract.osi, 0)
-            feasible = min(feasible, max(held, 0) // leg.ratio)
-        if feasible <= 0:
-            continue
-        for leg, sign in zip(g.legs, signs, strict=True):
-            available[leg.contract.osi] = available.get(leg.contract.osi, 0) - sign * leg.ratio * feasible
+        directions = [leg.side_for(g.side).sign for leg in g.legs]
+        units = max(
+            0, min((d * n) // leg.ratio for d, n, leg in zip(directions, legs_held, g.legs, strict=True))
+        )
         weights = [(o.filled, _net_fill_price(o)) for o in g.entries if o.filled > 0]
         priced = [(n, p) for n, p in weights if p is not None]
         units_priced = sum(n for n, _ in priced)
         entry = sum((p * n for n, p in priced), ZERO) / units_priced if units_priced else ZERO
         opened = min((f.ts_ns for o in g.entries for f in o.fills.values()), default=0)
-        exiting = sum(o.quantity - o.filled for o in g.exits if o.state.open)
-        out.append(PlaybookTrade(g.signal_id, g.side, g.legs, feasible, entry, opened, exiting))
+        exiting = sum(o.quantity - o.filled for o in g.exits if o.state.open and o.intent.legs == g.legs)
+        out.append(
+            PlaybookTrade(
+                g.signal_id,
+                g.side,
+                g.legs,
+                units,
+                entry,
+                opened,
+                exiting,
+                held=legs_held,
+                closable=tuple(claims[k][osi] for osi in g.osis),
+                reduced=tuple(reduced[k][osi] for osi in g.osis),
+                crossed=tuple(crossed[k][osi] for osi in g.osis),
+                order_ids=tuple(
+                    o.client_order_id
+                    for o in sorted(
+                        (*g.entries, *g.exits), key=lambda o: (o.intent.created_ns, o.client_order_id)
+                    )
+                ),
+            )
+        )
     return out
 
 
@@ -822,10 +989,15 @@ class Playbook:
                             )
                         )
         for t in _trades(blotter.orders.values(), blotter.positions):
-            free = t.units - t.exiting
-            if free <= 0:
-                continue
-            exit_ = self._exit(t, free, book, now_ns, flattening)
+            if flattening:
+                exit_ = self._flatten(t, book, now_ns)
+            else:
+                units = t.closable_units
+                if units <= 0:
+                    if any(t.reduced) and due(("short", t.key)):
+                        log.warning("playbook exits of %s are limited: %s", t.signal_id, t.shortfall())
+                    continue
+                exit_ = self._exit(t, units, book, now_ns)
             if isinstance(exit_, str):
                 if due(("unpriced", t.key)):  # say so, but not on every tick
                     log.warning("playbook cannot price the exit of %s: %s", t.signal_id, exit_)
@@ -833,17 +1005,14 @@ class Playbook:
                 out.append(exit_)
         return out
 
-    def _exit(
-        self, t: PlaybookTrade, units: int, book: ChainBook, now_ns: int, flattening: bool
-    ) -> PlannedOrder | str | None:
-        """The exit due for ``t`` now, None when none is, or why a due exit cannot be priced."""
+    def _exit(self, t: PlaybookTrade, units: int, book: ChainBook, now_ns: int) -> PlannedOrder | str | None:
+        """The exit due for ``units`` of ``t`` now (rules 2-4), None when none is, or why a due exit
+        cannot be priced."""
         ex = self.config.exits
         quotes = _quotes(t.legs, book)
         purpose: Purpose | None = None
         reason = ""
-        if flattening:
-            purpose, reason = Purpose.FLATTEN, "flatten before the close"
-        elif not isinstance(quotes, str):
+        if not isinstance(quotes, str):
             value = combination_mark(t.legs, quotes, t.side, ex.mark)
             pnl = t.side.sign * (value - t.entry_price) * t.multiplier  # dollars per unit
             sl = ex.stop_loss.dollars(t.entry_price, t.multiplier) if ex.stop_loss else None
@@ -860,23 +1029,67 @@ class Playbook:
             return None
         if isinstance(quotes, str):
             return f"{purpose.value}: {quotes}"
+        if short := t.shortfall():
+            reason += f"; {units} of {t.units - t.exiting} unit(s): {short}"
         side = t.side.opposite
-        if purpose is Purpose.FLATTEN:
-            price = combination_price(t.legs, quotes, side, Pricing.TOUCH)
-        else:
-            price = combination_price(t.legs, quotes, side, ex.pricing, ex.improve_ticks)
+        price = combination_price(t.legs, quotes, side, ex.pricing, ex.improve_ticks)
         if len(t.legs) == 1 and price <= ZERO:
             price = t.legs[0].contract.tick  # a worthless option: offer it at one tick
         log.info("playbook %s of %s: %s", purpose.value, t.signal_id, reason)
+        return PlannedOrder(purpose, side, units, price, t.legs, t.signal_id, now_ns, reason=reason)
+
+    def _flatten(self, t: PlaybookTrade, book: ChainBook, now_ns: int) -> PlannedOrder | str | None:
+        """The flatten order for what ``t`` still has to close by an order (rule 1), None when nothing,
+        or why it cannot be priced: the whole combination when what remains is whole units of it,
+        otherwise an order on the remaining legs (see the module docstring)."""
+        remaining = t.remaining
+        if not any(remaining):
+            return None
+        notes = ["flatten before the close"]
+        netted = [f"{abs(x)} {_leg_name(leg)}" for x, leg in zip(t.crossed, t.legs, strict=True) if x]
+        if netted:
+            notes.append(f"netted against other playbook trades' opposite holdings: {', '.join(netted)}")
+        if short := t.shortfall():
+            notes.append(short)
+        reason = "; ".join(notes)
+        side = t.side.opposite
+        units = t.directions[0] * remaining[0] // t.legs[0].ratio
+        legs: tuple[OrderLeg, ...]
+        if units > 0 and all(
+            d * r == units * leg.ratio for d, r, leg in zip(t.directions, remaining, t.legs, strict=True)
+        ):
+            legs, quantity = t.legs, units  # whole units of the trade's own combination
+        else:
+            parts = [(leg.contract, r) for leg, r in zip(t.legs, remaining, strict=True) if r]
+
+            def closing(r: int) -> Side:  # sell what is held long, buy back what is held short
+                return Side.SELL if r > 0 else Side.BUY
+
+            if len(parts) == 1:
+                contract, r = parts[0]
+                side, legs, quantity = closing(r), (OrderLeg(contract, Side.BUY),), abs(r)
+            else:
+                quantity = math.gcd(*(abs(r) for _, r in parts))
+                legs = tuple(
+                    OrderLeg(c, closing(r) if side is Side.BUY else closing(r).opposite, abs(r) // quantity)
+                    for c, r in parts
+                )
+        quotes = _quotes(legs, book)
+        if isinstance(quotes, str):
+            return f"{Purpose.FLATTEN.value}: {quotes}"
+        price = combination_price(legs, quotes, side, Pricing.TOUCH)
+        if len(legs) == 1 and price <= ZERO:
+            price = legs[0].contract.tick  # a worthless option: offer it at one tick
+        log.info("playbook %s of %s: %s", Purpose.FLATTEN.value, t.signal_id, reason)
         return PlannedOrder(
-            purpose,
+            Purpose.FLATTEN,
             side,
-            units,
+            quantity,
             price,
-            t.legs,
+            legs,
             t.signal_id,
             now_ns,
-            origin=Origin.FLATTEN if purpose is Purpose.FLATTEN else Origin.STRATEGY,
+            origin=Origin.FLATTEN,
             reason=reason,
         )
 

@@ -11,8 +11,9 @@ import pytest
 
 from agent.backtest import BacktestConfig, BacktestError, BacktestResult, EntryMode, run_backtest
 from agent.executor.journal import Journal
-from agent.executor.orders import Fill
+from agent.executor.orders import Fill, Origin
 from agent.executor.playbook import ExitRules
+from agent.executor.positions import PositionBook
 from agent.executor.risk import RiskLimits
 from agent.feeds.anomalies import ARBITRAGE_KINDS
 from agent.feeds.sim import SimConfig, SimulatedMarket
@@ -173,11 +174,24 @@ def test_risk_denies_openings_after_the_cutoff(near_close: Path) -> None:
     assert result.summary.denied >= dict(result.summary.denials)["opening_cutoff"]
 
 
-def test_the_playbook_flattens_before_the_close(near_close: Path) -> None:
+def test_the_playbook_flattens_before_the_close(near_close: Path, tmp_path: Path) -> None:
+    """Every trade's legs are closed from 15:50, also where two trades hold opposite sides of one
+    contract (parity short the 590 call, a vertical long it): the book ends flat."""
     flatten_ns = to_ns(DAY.at("15:50"))
-    result = run_backtest(near_close, BacktestConfig(limits=RiskLimits(opening_cutoff="15:55")))
+    result = run_backtest(
+        near_close, BacktestConfig(limits=RiskLimits(opening_cutoff="15:55")), state_dir=tmp_path
+    )
     assert result.trades
-    assert all(t.entry_ns < flatten_ns for t in result.trades)  # nothing opens from the flatten time
+    with Journal(tmp_path / "journal.sqlite", "backtest", DAY.expiry) as journal:
+        orders = journal.load()
+    # nothing opens from the flatten time: only flatten orders (some on a part of a trade's legs,
+    # where opposite holdings of two trades are netted; the rows group those by their own legs)
+    late = [o for o in orders.values() if o.intent.created_ns >= flatten_ns]
+    assert late
+    assert {o.intent.origin for o in late} == {Origin.FLATTEN}
+    assert PositionBook.from_orders(orders.values()).net_quantities() == {}
+    assert result.summary.unrealized == 0.0
+    assert result.summary.unmarked == ()
     flattened = [t for t in result.trades if t.exit_reason == "flatten"]
     assert flattened
     assert all(t.exit_ns >= flatten_ns and t.held_units == 0 for t in flattened)

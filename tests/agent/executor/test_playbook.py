@@ -23,6 +23,7 @@ from agent.executor.orders import (
     OrderLeg,
     Origin,
     Side,
+    single_leg,
 )
 from agent.executor.playbook import (
     Blotter,
@@ -622,19 +623,175 @@ def test_a_filled_exit_closes_the_trade() -> None:
     assert pb.on_tick(blotter(o, closed), market(), NOW + 10 * S) == []
 
 
+def sold_by_hand(cid: str, contract: Contract, qty: int = 1, price: str = "1.90") -> Order:
+    """An operator's manual order that sold ``qty`` of ``contract``."""
+    intent = single_leg(cid, contract, Side.SELL, qty, Decimal(price), NOW, origin=Origin.MANUAL)
+    o = Order(intent)
+    o.apply(OrderFilled(Fill(f"{cid}.0", cid, 0, Side.SELL, qty, Decimal(price), ZERO, NOW)))
+    return o
+
+
+def test_trades_hold_their_own_legs_whatever_the_book_nets() -> None:
+    pb = playbook()
+    _, o = opened(pb)
+    (t,) = pb.trades(blotter(o))
+    assert (t.held, t.closable, t.reduced, t.crossed) == ((1, -1), (1, -1), (0, 0), (0, 0))
+    assert t.closable_units == 1
+    assert t.order_ids == ("pb-1",)
+
+
 def test_exits_never_sell_more_than_the_book_holds() -> None:
+    """An operator sold the vertical's 590 call by hand: the trade still holds its legs by its own
+    fills, but no exit sells the call again; the flatten buys back the 595 call alone."""
     pb = playbook(exits=ExitRules(stop_loss=Target.usd(5)))
     _, o = opened(pb)
-    by_hand = filled(
-        PlannedOrder(Purpose.ENTRY, Side.SELL, 1, Decimal("1.90"), (OrderLeg(c(590.0), Side.BUY),), "x", NOW),
-        "m-1",
-        ("1.90",),
+    manual = sold_by_hand("m-1", c(590.0))
+    (t,) = pb.trades(blotter(o, manual))
+    assert (t.units, t.held, t.closable, t.reduced) == (1, (1, -1), (0, -1), (1, 0))
+    assert t.closable_units == 0
+    assert "holds less" in t.shortfall()
+    assert "1 590C" in t.shortfall()
+    assert pb.on_tick(blotter(o, manual), market(), NOW + S) == []  # the stop is due, but no whole unit
+    flat = to_ns(SESSION.at("15:50"))
+    (ex,) = pb.on_tick(blotter(o, manual), market(), flat)
+    assert isinstance(ex, PlannedOrder)
+    assert (ex.purpose, ex.origin, ex.side, ex.quantity) == (Purpose.FLATTEN, Origin.FLATTEN, Side.BUY, 1)
+    assert [lg.contract.strike for lg in ex.legs] == [595.0]
+    assert ex.limit_price == Decimal("0.32")
+    assert "holds less than the playbook's trades (1 590C not closed" in ex.reason
+    closed = filled(ex, "pb-2", ("0.32",), flat + S)
+    b = blotter(o, manual, closed)
+    assert b.positions.net_quantities() == {}
+    (t,) = pb.trades(b)  # the flatten belongs to the trade: what it holds is the call sold by hand
+    assert (t.held, t.closable, t.remaining) == ((1, 0), (0, 0), (0, 0))
+    assert t.order_ids == ("pb-1", "pb-2")
+    assert pb.on_tick(b, market(), flat + 10 * S) == []
+
+
+def test_a_manual_close_reduces_the_newest_trade_first() -> None:
+    pb = playbook(exits=ExitRules(stop_loss=Target.usd(5)))
+    plan = entry(pb, signal(max_units=1))
+    first = filled(plan, "pb-1", ("2.00", "0.30"))
+    second = filled(dataclasses.replace(plan, signal_id="vertical:20250317:590#2"), "pb-2", ("2.00", "0.30"))
+    manual = sold_by_hand("m-1", c(590.0))
+    b = blotter(first, second, manual)
+    old, new = pb.trades(b)
+    assert (old.closable, old.reduced) == ((1, -1), (0, 0))
+    assert (new.closable, new.reduced) == ((0, -1), (1, 0))
+    (ex,) = pb.on_tick(b, market(), NOW + S)
+    assert isinstance(ex, PlannedOrder)
+    assert (ex.signal_id, ex.purpose, ex.quantity) == (old.signal_id, Purpose.STOP_LOSS, 1)
+    # flatten: the old trade whole, the new one only the leg the book still backs
+    flat = to_ns(SESSION.at("15:50"))
+    a, z = pb.on_tick(b, market(), flat)
+    assert isinstance(a, PlannedOrder)
+    assert isinstance(z, PlannedOrder)
+    assert (a.signal_id, a.legs, a.side) == (old.signal_id, old.legs, Side.SELL)
+    assert "holds less" not in a.reason
+    assert (z.signal_id, [lg.contract.strike for lg in z.legs], z.side) == (new.signal_id, [595.0], Side.BUY)
+    assert "holds less" in z.reason
+    done = blotter(first, second, manual, filled(a, "pb-3", ("1.90", "0.32")), filled(z, "pb-4", ("0.32",)))
+    assert done.positions.net_quantities() == {}
+
+
+# ---------------------------------------------------------------- two trades on one contract
+
+PUT590 = q(590.0, 1.85, 1.95, Right.PUT)
+OVERLAP_MARKET = (*MARKET, PUT590)
+PARITY = (leg(590.0, "SELL", 1.90), leg(590.0, "BUY", 1.95, right=Right.PUT))  # short the 590 call
+SHORT_FLY = (leg(585.0, "SELL", 5.00), leg(590.0, "BUY", 2.00, 2), leg(595.0, "SELL", 0.30))  # long it
+
+
+def overlapping(pb: Playbook) -> tuple[Order, Order]:
+    book = market(*OVERLAP_MARKET)
+    parity = pb.plan_entry(signal("parity", PARITY, max_units=1), book, NOW)
+    fly = pb.plan_entry(signal("butterfly", SHORT_FLY, max_units=1), book, NOW + S)
+    assert isinstance(parity, PlannedOrder)
+    assert isinstance(fly, PlannedOrder)
+    return (
+        filled(parity, "pb-1", ("1.90", "1.95"), NOW),
+        filled(fly, "pb-2", ("5.00", "2.00", "0.30"), NOW + S),
     )
-    manual = Order(dataclasses.replace(by_hand.intent, origin=Origin.MANUAL, signal_id=""))
-    for f in by_hand.fills.values():
-        manual.apply(OrderFilled(f))
-    assert pb.trades(blotter(o, manual)) == []
-    assert pb.on_tick(blotter(o, manual), market(), NOW + S) == []
+
+
+def test_opposite_holdings_of_two_trades_are_both_flattened_and_the_book_ends_flat() -> None:
+    pb = playbook()
+    p_in, f_in = overlapping(pb)
+    book = market(*OVERLAP_MARKET)
+    b = blotter(p_in, f_in)
+    assert b.positions.net_quantities() == {
+        c(585.0).osi: -1,
+        c(590.0).osi: 1,  # the parity's -1 and the butterfly's +2
+        c(595.0).osi: -1,
+        c(590.0, Right.PUT).osi: 1,
+    }
+    parity, fly = pb.trades(b)  # both trades, each with its own legs (the old netting lost the parity)
+    assert (parity.units, parity.held, fly.units, fly.held) == (1, (-1, 1), 1, (-1, 2, -1))
+    assert (parity.crossed, fly.crossed) == ((-1, 0), (0, 1, 0))
+    flat = to_ns(SESSION.at("15:50"))
+    orders = pb.on_tick(b, book, flat)
+    assert len(orders) == 2
+    put, rest = orders
+    assert isinstance(put, PlannedOrder)
+    assert isinstance(rest, PlannedOrder)
+    # the parity: the 590 call is netted against the butterfly's, the put is sold alone
+    assert (put.signal_id, put.purpose, put.origin) == (parity.signal_id, Purpose.FLATTEN, Origin.FLATTEN)
+    assert (put.side, put.quantity, put.limit_price) == (Side.SELL, 1, Decimal("1.85"))
+    assert [(lg.contract.key, lg.side) for lg in put.legs] == [((590.0, Right.PUT), Side.BUY)]
+    assert "netted against other playbook trades' opposite holdings: 1 590C" in put.reason
+    # the butterfly: what it holds beyond the netted call, as one order
+    assert (rest.signal_id, rest.origin, rest.quantity) == (fly.signal_id, Origin.FLATTEN, 1)
+    closing = {lg.contract.strike: (lg.side_for(rest.side), lg.ratio) for lg in rest.legs}
+    assert closing == {585.0: (Side.BUY, 1), 590.0: (Side.SELL, 1), 595.0: (Side.BUY, 1)}
+    assert (rest.side, rest.limit_price) == (Side.SELL, Decimal("-3.52"))  # pays 5.10 + 0.32 - 1.90
+    # every order reduces the book, so the risk engine lets it through after the opening cutoff,
+    # where a whole-trade order touching the netted call would open and be denied
+    ctx = RiskContext(flat, TradingState.ACTIVE, True, book, b.positions, (), SESSION, book_ts_ns=flat)
+    for state in (TradingState.ACTIVE, TradingState.REDUCING, TradingState.HALTED):
+        assert RiskEngine().check(put.intent("x-1"), dataclasses.replace(ctx, state=state)) == ()
+        assert RiskEngine().check(rest.intent("x-2"), dataclasses.replace(ctx, state=state)) == ()
+    whole = PlannedOrder(
+        Purpose.FLATTEN, Side.SELL, 1, Decimal("-0.05"), parity.legs, "p", flat, Origin.FLATTEN
+    )
+    assert "opening_cutoff" in {d.code for d in RiskEngine().check(whole.intent("x-3"), ctx)}
+    # while they work nothing is sent again
+    working = blotter(p_in, f_in, Order(put.intent("pb-3")), Order(rest.intent("pb-4")))
+    assert pb.on_tick(working, book, flat + 3 * S) == []
+    # filled: the book is flat and nothing more is due
+    p_out = filled(put, "pb-3", ("1.85",), flat + S)
+    f_out = filled(rest, "pb-4", ("5.10", "1.90", "0.32"), flat + S)
+    done = blotter(p_in, f_in, p_out, f_out)
+    assert done.positions.net_quantities() == {}
+    assert pb.on_tick(done, book, flat + 10 * S) == []
+    parity, fly = pb.trades(done)
+    assert parity.order_ids == ("pb-1", "pb-3")
+    assert fly.order_ids == ("pb-2", "pb-4")
+    assert (parity.held, parity.remaining, fly.held, fly.remaining) == ((-1, 0), (0, 0), (0, 1, 0), (0, 0, 0))
+    # per-trade P&L (each trade's own fills, the netted call marked at mid) adds up to the book's
+    total = done.positions.pnl(book)
+    assert total.unrealized == 0.0
+    per_trade = [
+        PositionBook.from_orders(done.orders[cid] for cid in t.order_ids).pnl(book) for t in (parity, fly)
+    ]
+    assert sum(float(p.realized) + p.unrealized for p in per_trade) == pytest.approx(
+        float(total.realized) + total.unrealized
+    )
+    # the netted call stays on both sides: short 1 at 1.90 and long 1 at 2.00, both marked at mid 1.95
+    assert per_trade[0].unrealized == pytest.approx(-5.0)
+    assert per_trade[1].unrealized == pytest.approx(-5.0)
+    assert sum(p.fees for p in per_trade) == total.fees
+
+
+def test_opposite_holdings_are_not_netted_before_the_flatten() -> None:
+    """Stop-loss, take-profit and time exits close a trade's own combination, whole units."""
+    pb = playbook(exits=ExitRules(max_hold_s=60))
+    p_in, f_in = overlapping(pb)
+    book = market(*OVERLAP_MARKET)
+    ex = pb.on_tick(blotter(p_in, f_in), book, NOW + 61 * S)
+    assert [(e.signal_id, e.legs, e.quantity) for e in ex if isinstance(e, PlannedOrder)] == [
+        (p_in.intent.signal_id, p_in.intent.legs, 1),
+        (f_in.intent.signal_id, f_in.intent.legs, 1),
+    ]
 
 
 def test_a_stale_entry_order_is_cancelled() -> None:
