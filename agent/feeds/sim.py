@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 import numpy as np
@@ -97,12 +97,31 @@ class SimConfig:
     window_hysteresis: float = 3.0  # re-centre the window when spot is this far from its centre
     min_half_spread: float = 0.01
     trade_rate_atm_per_min: float = 30.0
+    trade_size_p: float = 0.25  # trade sizes are geometric with this p (mean 1/p contracts)
+    max_ordinary_contracts_per_s: float = 30.0
+    """Ordinary flow on one contract never exceeds this many contracts per second (per step:
+    ``floor(rate * step)``, at least 1): a clean run has no volume spike (a spike is >= 50 contracts
+    in a second, see ``DetectorConfig.volume_spike_min_contracts``)."""
     # anomalies
     anomaly_duration_s: tuple[float, float] = (3.0, 8.0)
     anomaly_edge: float = 0.05  # executable edge per share of arbitrage kinds, after commission
     commission_per_contract: float = COMMISSION_PER_CONTRACT  # per contract per leg
-    smile_outlier_vol_pts: float = 3.0  # target size; capped below the butterfly/vertical slack
-    volume_spike_mult: tuple[float, float] = (20.0, 50.0)
+    smile_outlier_vol_pts: float = 3.0  # largest size (the smallest observable one is used)
+    smile_outlier_min_vol_pts: float = 0.5
+    smile_outlier_min_dollars: float = 0.03
+    """An injected smile outlier is shown only while its executable side (bid when rich, ask when
+    cheap) of the out-of-the-money contract is beyond the clean model value by at least
+    ``max(min_vol_pts x vega, min_dollars)`` plus the commission, with no static arbitrage."""
+    stale_observable_ticks: float = 2.0
+    stale_observable_s: float = 0.5
+    """A frozen quote is labelled stale once its value (repriced for the underlying's move since the
+    quote last changed) has been at least ``stale_observable_ticks`` ticks away for
+    ``stale_observable_s`` (the detector's ``stale_min_move_ticks`` and ``stale_grace_ns``), and
+    stays frozen and labelled for ``anomaly_duration_s`` more; then it is refreshed."""
+    stale_max_wait_s: float = 30.0  # a freeze that never becomes observable ends unlabelled
+    anomaly_cooldown_s: float = 2.0  # a strike is not reused this soon after an anomaly on it ended
+    volume_spike_mult: tuple[float, float] = (20.0, 50.0)  # x the contract's usual volume rate
+    volume_spike_min_per_s: float = 100.0  # and at least this many contracts per second
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -126,6 +145,16 @@ class SimConfig:
         lo, hi = self.anomaly_duration_s
         if not (0.0 < lo <= hi):
             problems.append(f"anomaly_duration_s must be (min, max) with 0 < min <= max, got {lo, hi}")
+        if not (0.0 < self.trade_size_p <= 1.0):
+            problems.append(f"trade_size_p must be within (0, 1], got {self.trade_size_p}")
+        if not (self.max_ordinary_contracts_per_s > 0.0):
+            problems.append(
+                f"max_ordinary_contracts_per_s must be > 0, got {self.max_ordinary_contracts_per_s}"
+            )
+        if not (self.stale_observable_ticks > 0.0 and self.stale_max_wait_s > 0.0):
+            problems.append("stale_observable_ticks and stale_max_wait_s must be > 0")
+        if not (self.stale_observable_s >= 0.0):
+            problems.append(f"stale_observable_s must be >= 0, got {self.stale_observable_s}")
         if problems:
             raise ValueError("bad simulator config: " + "; ".join(problems))
 
@@ -141,7 +170,12 @@ class SimStep:
 
 @dataclass(slots=True)
 class _Active:
-    """An anomaly being shown. ``idx`` is a strike index in the universe; ``right`` 0=C, 1=P, -1=both."""
+    """An anomaly being shown. ``idx`` is a strike index in the universe; ``right`` 0=C, 1=P, -1=both.
+
+    ``shown`` is False while a stale freeze is not yet observable: its label has not been emitted
+    (``end_ns`` is then the deadline to become observable, ``hold_ns`` how long it stays frozen
+    once it is, ``ref_spot`` the underlying when the frozen quote last changed, ``moved_ns`` when
+    its value last came to be off by the observable move, -1 while it is not)."""
 
     label: AnomalyLabel
     idx: int
@@ -150,6 +184,29 @@ class _Active:
     end_ns: int
     size: float = 0.0
     strikes: tuple[int, ...] = field(default_factory=tuple)
+    shown: bool = True
+    hold_ns: int = 0
+    ref_spot: float = math.nan
+    moved_ns: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class _Quotes:
+    """One step's window quotes while anomalies are applied (cents; ``h`` half-spreads in dollars)."""
+
+    t: int
+    strikes: FloatArray
+    bid: IntArray
+    ask: IntArray
+    h: FloatArray
+    df: float
+    level: float
+    s_bid: float
+    s_ask: float
+
+
+_SMILE_SIZES: Final = (0.16, 0.22, 0.3, 0.4, 0.55, 0.75, 1.0)
+"""Smile outlier sizes tried, as fractions of ``smile_outlier_vol_pts`` (smallest first)."""
 
 
 class SimulatedMarket:
@@ -190,9 +247,11 @@ class SimulatedMarket:
         self._asz = np.zeros((2, u), np.int64)
         # published state (cents; -1 = not published)
         self._pub = np.full((7, 2, u), -1, np.int64)  # bid, ask, bsz, asz, last, last_size, volume
+        self._chg_spot = np.full((2, u), config.spot)  # underlying when the published bid/ask last changed
         self._book: dict[tuple[float, Right], OptionQuote] = {}
         self._active: list[_Active] = []
         self._ending: list[_Active] = []  # active anomalies whose strikes left the window
+        self._recent: list[tuple[int, tuple[int, ...]]] = []  # (end time, strikes) of ended anomalies
         self._pending_kinds: list[str] = []
         self._label_seq = 0
         self._fair: tuple[FloatArray, FloatArray] = (np.zeros(0), np.zeros(0))
@@ -223,7 +282,7 @@ class SimulatedMarket:
 
     @property
     def active_labels(self) -> tuple[AnomalyLabel, ...]:
-        return tuple(a.label for a in self._active)
+        return tuple(a.label for a in self._active if a.shown)
 
     def window_strikes(self) -> tuple[float, ...]:
         return tuple(float(k) for k in self._strikes[self._lo : self._lo + self._n])
@@ -252,7 +311,7 @@ class SimulatedMarket:
             if self._close_noticed:
                 return SimStep(t, (), ())
             self._close_noticed = True
-            ended = tuple(self._end(a, t) for a in self._active)
+            ended = tuple(self._end(a, t) for a in self._active if a.shown)
             self._active.clear()
             return SimStep(t, (self._closed_notice(),), ended)
         self._evolve_underlying()
@@ -336,13 +395,15 @@ class SimulatedMarket:
     # ----------------------------------------------------------------- pricing and quoting
 
     def _theo(
-        self, strikes: FloatArray, t: int, level: float
+        self, strikes: FloatArray, t: int, level: float, spot: float | None = None
     ) -> tuple[FloatArray, FloatArray, FloatArray, float]:
-        """Clean model values ``(calls, puts, standardized moneyness, df)`` at time ``t``."""
+        """Clean model values ``(calls, puts, standardized moneyness, df)`` at time ``t`` (with the
+        underlying at ``spot``, the current one by default)."""
         cfg = self._cfg
+        spot = self._spot if spot is None else spot
         tau = self._session.tau(t)
         df = math.exp(-cfg.rate * max(self._session.close_ns - t, 0) / NS_PER_CALENDAR_YEAR)
-        fwd = self._spot / df
+        fwd = spot / df
         sd = level * math.sqrt(tau)
         w2 = cfg.skew_weight
         f2 = fwd * math.exp(-cfg.skew_shift * sd)
@@ -353,7 +414,7 @@ class SimulatedMarket:
             f2, k, tau, level * cfg.skew_vol_mult, is_call
         )
         calls = np.maximum(df * mix[0], 0.0)
-        puts = np.maximum(df * mix[1], np.maximum(strikes - self._spot, 0.0))
+        puts = np.maximum(df * mix[1], np.maximum(strikes - spot, 0.0))
         x = np.log(strikes / fwd) / sd
         return calls, puts, x, df
 
@@ -405,13 +466,15 @@ class SimulatedMarket:
         spike = np.zeros((2, self._n))
         if not force:
             self._run_anomalies(t, labels, bid, ask, h, df, level, frozen, spike)
-            self._trade(t, bid, ask, strikes, spike)
+            self._trade(t, bid, ask, strikes, spike, frozen)
         bsz = np.where(bid > 0, np.maximum(bsz, 1), 0)
 
         vol, last, last_size = self._volume[:, sl], self._last[:, sl], self._last_size[:, sl]
         new = np.stack([bid, ask, bsz, asz, last, last_size, vol])
         pub = self._pub[:, :, sl]
         changed = np.any(new != pub, axis=0) & ~frozen
+        price_changed = changed & ((new[0] != pub[0]) | (new[1] != pub[1]))
+        self._chg_spot[:, sl] = np.where(price_changed, self._spot, self._chg_spot[:, sl])
         self._pub[:, :, sl] = np.where(changed[None], new, pub)
         # flags as classify_quote would set them (the same rules, vectorized)
         no_bid, no_ask = (bid <= 0) | (bsz == 0), (ask <= 0) | (asz == 0)
@@ -445,37 +508,50 @@ class SimulatedMarket:
             quotes.append(q)
         return quotes
 
-    def _trade(self, t: int, bid: IntArray, ask: IntArray, strikes: FloatArray, spike: FloatArray) -> None:
+    def _trade(
+        self,
+        t: int,
+        bid: IntArray,
+        ask: IntArray,
+        strikes: FloatArray,
+        spike: FloatArray,
+        frozen: BoolArray,
+    ) -> None:
         """Poisson trades per contract, most intense near the money; volume is cumulative.
 
         Distance from the money is in dollars over ``max(expected move, $1.50)``, so the wings keep
-        trading into the close."""
+        trading into the close. Trade sizes are geometric; the ordinary volume of one contract is
+        capped at ``max_ordinary_contracts_per_s`` (no spike in a clean run). An injected spike adds
+        ``mult`` times the contract's usual volume rate, and at least ``volume_spike_min_per_s``.
+        A frozen (stale) contract does not trade: nothing accumulates to be released at once."""
         cfg, rng = self._cfg, self._rng
         s = self._session
         sl = slice(self._lo, self._lo + self._n)
+        step_s = self._step_ns / 1e9
         dt_min = self._step_ns / NS_PER_MINUTE
         m = max((t - s.open_ns) / NS_PER_MINUTE, 0.0)
         rem = max(s.minutes_to_close(t), 0.0)
         tod = 1.0 + 0.8 * math.exp(-m / 30.0) + 1.0 * math.exp(-rem / 30.0)
         scale = max(self._spot * self._vol_level(t) * math.sqrt(s.tau(t)), 1.5)
         d = (strikes - self._spot) / scale
-        atm_rate = cfg.trade_rate_atm_per_min * tod * dt_min
         lam = (cfg.trade_rate_atm_per_min * np.exp(-0.5 * (d / 1.5) ** 2) + 0.2) * tod * dt_min
+        cap = max(int(cfg.max_ordinary_contracts_per_s * step_s), 1)
         n = rng.poisson(np.broadcast_to(lam, (2, self._n)))
-        last_size = rng.geometric(0.2, (2, self._n)).astype(np.int64)
-        others = rng.negative_binomial(np.maximum(n - 1, 1), 0.2) + (n - 1)
+        last_size = np.minimum(rng.geometric(cfg.trade_size_p, (2, self._n)), cap).astype(np.int64)
+        others = rng.negative_binomial(np.maximum(n - 1, 1), cfg.trade_size_p) + (n - 1)
         buy = rng.random((2, self._n)) < 0.5
-        traded = n > 0
-        step_vol = np.where(traded, last_size + np.where(n > 1, others, 0), 0)
-        if spike.any():  # injected volume spike: extra, larger trades from the anomaly generator
-            spike_rate = np.maximum(lam, 0.3 * atm_rate) * spike  # many times the usual rate
-            n_extra = self._arng.poisson(np.broadcast_to(spike_rate, (2, self._n)))
+        traded = (n > 0) & ~frozen
+        step_vol = np.where(traded, np.minimum(last_size + np.where(n > 1, others, 0), cap), 0)
+        if spike.any():  # injected volume spike: extra volume from the anomaly generator
+            usual_per_s = lam / step_s / cfg.trade_size_p
+            rate = np.maximum(spike * usual_per_s, cfg.volume_spike_min_per_s) * step_s
             extra_vol = np.where(
-                n_extra > 0, self._arng.negative_binomial(np.maximum(n_extra, 1), 0.1) + n_extra, 0
-            )
-            last_size = np.where(traded, last_size, np.minimum(last_size, np.maximum(extra_vol, 1)))
+                spike > 0, self._arng.poisson(np.broadcast_to(rate, (2, self._n))), 0
+            ).astype(np.int64)
+            block = np.maximum(np.minimum(extra_vol, 10 * last_size), 1)
+            last_size = np.where(traded, last_size, block)
             step_vol = step_vol + extra_vol
-            traded = traded | (n_extra > 0)
+            traded = traded | (extra_vol > 0)
         price = np.where(buy | (bid <= 0), ask, bid)
         self._volume[:, sl] += step_vol
         self._last[:, sl] = np.where(traded, price, self._last[:, sl])
@@ -500,12 +576,20 @@ class SimulatedMarket:
         keep: list[_Active] = []
         for a in self._active:
             if t >= a.end_ns or a in self._ending:
-                labels.append(self._end(a, t))
+                self._retire(a, t, labels)
             else:
                 keep.append(a)
         self._active = keep
         self._ending.clear()
-        # start new ones
+        horizon = t - int(cfg.anomaly_cooldown_s * 1e9)
+        self._recent = [(e, ks) for e, ks in self._recent if e > horizon]
+        s_bid, s_ask = self._und_quote()
+        q = _Quotes(t, self._strikes[self._lo : self._lo + self._n], bid, ask, h, df, level, s_bid, s_ask)
+        # show the running ones on this step's quotes, then start new ones against those quotes
+        gone = [a for a in self._active if not self._apply(a, q, frozen, spike, labels)]
+        for a in gone:
+            self._active.remove(a)
+            self._retire(a, t, labels)
         kinds: list[str] = list(self._pending_kinds)
         self._pending_kinds.clear()
         if cfg.anomaly_rate_per_min > 0.0 and cfg.anomaly_kinds:
@@ -513,111 +597,160 @@ class SimulatedMarket:
             if self._arng.random() < p:
                 kinds.append(cfg.anomaly_kinds[int(self._arng.integers(len(cfg.anomaly_kinds)))])
         for kind in kinds:
-            started = self._start(kind, t, bid, ask)
-            if started is not None:
-                self._active.append(started)
+            started = self._start(kind, q)
+            if started is None:
+                continue
+            self._active.append(started)
+            if started.shown:
                 labels.append(started.label)
-        # show the active ones on this step's quotes
-        s_bid, s_ask = self._und_quote()
+            if not self._apply(started, q, frozen, spike, labels):  # pragma: no cover - checked in _start
+                self._active.remove(started)
+                self._retire(started, t, labels)
+
+    def _apply(
+        self, a: _Active, q: _Quotes, frozen: BoolArray, spike: FloatArray, labels: list[AnomalyLabel]
+    ) -> bool:
+        """Show ``a`` on this step's quotes (in place); False if it can no longer be shown."""
+        cfg = self._cfg
+        bid, ask, df, t = q.bid, q.ask, q.df, q.t
         com = cfg.commission_per_contract / MULTIPLIER
         need = cfg.anomaly_edge
-        strikes = self._strikes[self._lo : self._lo + self._n]
-        for a in self._active:
-            j = a.idx - self._lo
-            k = float(strikes[j])
-            if a.label.kind == "parity":
-                if a.sign > 0:  # synthetic rich: C_bid - P_ask > S_ask - K df
-                    target = (s_ask - k * df + 2 * com + need) * 100.0
-                    d = max(math.ceil(target - (bid[0, j] - ask[1, j])), 0)
-                    put_move = min(d // 2, int(bid[1, j]))
-                    self._shift(bid, ask, 0, j, d - put_move)
-                    self._shift(bid, ask, 1, j, -put_move)
-                else:  # synthetic cheap: C_ask - P_bid < S_bid - K
-                    target = (s_bid - k - 2 * com - need) * 100.0
-                    d = max(math.ceil((ask[0, j] - bid[1, j]) - target), 0)
-                    call_move = min(d // 2, int(bid[0, j]))
-                    self._shift(bid, ask, 0, j, -call_move)
-                    self._shift(bid, ask, 1, j, d - call_move)
-            elif a.label.kind == "vertical":
-                if a.right == 0:  # call K+1 bid above call K ask
-                    d = math.ceil(ask[0, j] - bid[0, j + 1] + (2 * com + need) * 100.0)
-                    self._shift(bid, ask, 0, j + 1, max(d, 0))
-                else:  # put K bid above put K+1 ask
-                    d = math.ceil(ask[1, j + 1] - bid[1, j] + (2 * com + need) * 100.0)
-                    self._shift(bid, ask, 1, j, max(d, 0))
-            elif a.label.kind == "butterfly":
-                d = max(
-                    math.ceil(
-                        (ask[r, j - 1] + ask[r, j + 1] + (4 * com + need) * 100.0 - 2 * bid[r, j]) / 2.0
-                    )
-                    for r in (0, 1)
-                )
-                self._shift(bid, ask, 0, j, max(d, 0))
+        j = a.idx - self._lo
+        k = float(q.strikes[j])
+        if a.label.kind == "parity":
+            if a.sign > 0:  # synthetic rich: C_bid - P_ask > S_ask - K df
+                target = (q.s_ask - k * df + 2 * com + need) * 100.0
+                d = max(math.ceil(target - (bid[0, j] - ask[1, j])), 0)
+                put_move = min(d // 2, int(bid[1, j]))
+                self._shift(bid, ask, 0, j, d - put_move)
+                self._shift(bid, ask, 1, j, -put_move)
+            else:  # synthetic cheap: C_ask - P_bid < S_bid - K
+                target = (q.s_bid - k - 2 * com - need) * 100.0
+                d = max(math.ceil((ask[0, j] - bid[1, j]) - target), 0)
+                call_move = min(d // 2, int(bid[0, j]))
+                self._shift(bid, ask, 0, j, -call_move)
+                self._shift(bid, ask, 1, j, d - call_move)
+        elif a.label.kind == "vertical":
+            if a.right == 0:  # call K+1 bid above call K ask
+                d = math.ceil(ask[0, j] - bid[0, j + 1] + (2 * com + need) * 100.0)
+                self._shift(bid, ask, 0, j + 1, max(d, 0))
+            else:  # put K bid above put K+1 ask
+                d = math.ceil(ask[1, j + 1] - bid[1, j] + (2 * com + need) * 100.0)
                 self._shift(bid, ask, 1, j, max(d, 0))
-            elif a.label.kind == "smile_outlier":
-                self._apply_smile_outlier(a, j, bid, ask, h, df, level, strikes, s_bid, s_ask)
-            elif a.label.kind == "crossed":
-                bid[a.right, j] = ask[a.right, j] + int(a.size)
-            elif a.label.kind == "stale":
-                frozen[a.right, j] = True
-            elif a.label.kind == "volume_spike":
-                spike[a.right, j] = a.size
+        elif a.label.kind == "butterfly":
+            d = max(
+                math.ceil((ask[r, j - 1] + ask[r, j + 1] + (4 * com + need) * 100.0 - 2 * bid[r, j]) / 2.0)
+                for r in (0, 1)
+            )
+            self._shift(bid, ask, 0, j, max(d, 0))
+            self._shift(bid, ask, 1, j, max(d, 0))
+        elif a.label.kind == "smile_outlier":
+            shown = self._smile_quotes(j, a.sign, a.size, q)
+            if shown is None:  # no observable outlier fits here now: the strike is clean again
+                return False
+            bid[:, j], ask[:, j] = shown
+        elif a.label.kind == "crossed":
+            bid[a.right, j] = ask[a.right, j] + int(a.size)
+        elif a.label.kind == "stale":
+            frozen[a.right, j] = True
+            if not a.shown:
+                if self._stale_move(a, j, q) < cfg.stale_observable_ticks * TICK - 1e-9:
+                    a.moved_ns = -1
+                else:
+                    a.moved_ns = t if a.moved_ns < 0 else a.moved_ns
+                    if t - a.moved_ns >= int(cfg.stale_observable_s * 1e9):
+                        self._show(a, t, labels)
+        elif a.label.kind == "volume_spike":
+            spike[a.right, j] = a.size
+        return True
 
     @staticmethod
     def _shift(bid: IntArray, ask: IntArray, r: int, j: int, cents: int) -> None:
         bid[r, j] = max(int(bid[r, j]) + cents, 0)
         ask[r, j] = max(int(ask[r, j]) + cents, int(bid[r, j]) + 1, 1)
 
-    def _apply_smile_outlier(
-        self,
-        a: _Active,
-        j: int,
-        bid: IntArray,
-        ask: IntArray,
-        h: FloatArray,
-        df: float,
-        level: float,
-        strikes: FloatArray,
-        s_bid: float,
-        s_ask: float,
-    ) -> None:
-        """Re-price one strike (call and put alike, so parity holds) at ``level +- vol points``,
-        shrinking the bump until no static arbitrage involves that strike."""
-        k = strikes[j : j + 1]
-        for frac in (1.0, 0.7, 0.5, 0.35, 0.25, 0.15, 0.1, 0.05):
-            bumped = max(level + a.sign * frac * a.size / 100.0, 0.2 * level)
-            c, p, _, _ = self._theo(k, self._t, bumped)
-            theo = np.array([c[0], p[0]])
-            cb, ca = self._to_quotes(theo[:, None], h[:, j : j + 1])
-            trial_b, trial_a = bid.copy(), ask.copy()
-            trial_b[:, j], trial_a[:, j] = cb[:, 0], ca[:, 0]
-            if np.array_equal(trial_b[:, j], bid[:, j]) and np.array_equal(trial_a[:, j], ask[:, j]):
-                return
+    def _smile_quotes(self, j: int, sign: int, size: float, q: _Quotes) -> tuple[IntArray, IntArray] | None:
+        """Quotes (cents, call and put) of strike ``j`` re-priced at ``level +- vol points`` so that the
+        strike is an observable outlier free of static arbitrage, or None if no size does that.
+
+        Call and put move alike (parity holds). The smallest size of a grid up to ``size`` that is
+        observable is taken, if it leaves no static arbitrage (convexity bounds a single strike: on $1
+        strikes a rich bid can only exceed the value by the butterfly slack plus the wings'
+        half-spread, a fraction of a vol point before the afternoon; a bigger outlier would also bend
+        a smile fitted on few quotes). Observable: the strike is at least $1 from the forward (the
+        strikes at the money set the smile's level), its out-of-the-money contract has the executable
+        side (bid when rich, ask when cheap) beyond the clean value by ``max(min_vol_pts x vega,
+        min_dollars)`` plus the commission, and the out-of-the-money strike two further out has a bid
+        (a smile fitted on two-sided quotes covers the strike on both sides)."""
+        cfg = self._cfg
+        k = q.strikes[j : j + 1]
+        kk = float(k[0])
+        fwd = self._spot / q.df
+        theo = np.array([self._fair[0][j], self._fair[1][j]]) * 100.0
+        com = cfg.commission_per_contract / MULTIPLIER
+        if abs(kk - fwd) < 1.0:
+            return None  # the strikes at the money set the smile's level: not a single-strike outlier
+        rows = [0] if kk > fwd else [1]
+        for r in rows:  # the strike must lie well inside the two-sided out-of-the-money range
+            out = j + 2 if r == 0 else j - 2
+            if not (0 <= out < self._n and q.bid[r, out] > 0):
+                return None
+        for frac in _SMILE_SIZES:
+            vp = size * frac
+            bumped = max(q.level + sign * vp / 100.0, 0.2 * q.level)
+            c, p, _, _ = self._theo(k, q.t, bumped)
+            cb, ca = self._to_quotes(np.array([[c[0]], [p[0]]]), q.h[:, j : j + 1])
+            cb, ca = cb[:, 0], ca[:, 0]
+            vega = abs(float(c[0]) * 100.0 - theo[0]) / vp  # cents per vol point of the level
+            margin = max(cfg.smile_outlier_min_vol_pts * vega, cfg.smile_outlier_min_dollars * 100.0)
+            dist = (cb - theo) if sign > 0 else (theo - ca)
+            if not all(dist[r] >= margin + com * 100.0 - 1e-9 for r in rows):
+                continue
+            trial_b, trial_a = q.bid.copy(), q.ask.copy()
+            trial_b[:, j], trial_a[:, j] = cb, ca
             found = find_static_arbitrage(
-                strikes,
+                q.strikes,
                 trial_b[0] / 100.0,
                 trial_a[0] / 100.0,
                 trial_b[1] / 100.0,
                 trial_a[1] / 100.0,
-                s_bid,
-                s_ask,
-                discount=df,
+                q.s_bid,
+                q.s_ask,
+                discount=q.df,
                 involving=j,
             )
-            if not found:
-                bid[:, j], ask[:, j] = trial_b[:, j], trial_a[:, j]
-                return
+            return None if found else (cb, ca)  # larger sizes only come closer to arbitrage
+        return None
 
-    def _start(self, kind: str, t: int, bid: IntArray, ask: IntArray) -> _Active | None:
-        """Pick contracts for a new anomaly of ``kind`` (None if none is suitable right now)."""
+    def _stale_move(self, a: _Active, j: int, q: _Quotes) -> float:
+        """How far (dollars) the frozen contract's value moved with the underlying since its quote
+        last changed: its clean value now against the same model at the spot of that change."""
+        k = q.strikes[j : j + 1]
+        c, p, _, _ = self._theo(k, q.t, q.level, spot=a.ref_spot)
+        then = float((c if a.right == 0 else p)[0])
+        return abs(float(self._fair[a.right][j]) - then)
+
+    def _start(self, kind: str, q: _Quotes) -> _Active | None:
+        """Pick contracts for a new anomaly of ``kind`` (None if none is suitable right now).
+
+        Strikes of running anomalies, their neighbours and strikes whose anomaly ended less than
+        ``anomaly_cooldown_s`` ago are not used (a quote must be clean before it is tampered with)."""
         cfg, rng = self._cfg, self._arng
-        strikes = self._strikes[self._lo : self._lo + self._n]
+        t, strikes = q.t, q.strikes
         atm = int(np.argmin(np.abs(strikes - self._spot)))
         right = int(rng.integers(2))
         sign = 1 if rng.random() < 0.5 else -1
         lo_s, hi_s = cfg.anomaly_duration_s
         end = t + int(float(rng.uniform(lo_s, hi_s)) * 1e9)
+        busy = {i - self._lo for a in self._active for i in a.strikes}
+        busy |= {i - self._lo for _, ks in self._recent for i in ks}
+
+        def free(span: tuple[int, ...]) -> bool:
+            guard = {i + d for i in span for d in (-1, 0, 1)}
+            return min(span) >= 1 and max(span) <= self._n - 2 and not guard & busy
+
         size = 0.0
+        shown, hold_ns, ref_spot = True, 0, math.nan
         span: tuple[int, ...]
         rights: tuple[str, ...]
         if kind == "parity":
@@ -633,10 +766,28 @@ class SimulatedMarket:
             span, rights, r_lab = (j - 1, j, j + 1), ("C", "P"), -1
             detail = "middle bid above the wings' ask average (calls and puts)"
         elif kind == "smile_outlier":
-            j = atm + int(rng.integers(1, 6)) * (1 if rng.random() < 0.5 else -1)
+            if any(a.label.kind == kind for a in self._active):
+                return None  # one at a time: two outliers among the few quotes of a late smile blur it
+            # the first strike (random order) and side where an observable outlier fits now
+            offsets = rng.permutation(np.array([1, -1, 2, -2, 3, -3, 4, -4, 5, -5]))
             size = cfg.smile_outlier_vol_pts
+            pick = next(
+                (
+                    (atm + off, sg)
+                    for off in offsets.tolist()
+                    for sg in (sign, -sign)
+                    if free((atm + off,)) and self._smile_quotes(atm + off, sg, size, q) is not None
+                ),
+                None,
+            )
+            if pick is None:
+                return None
+            j, sign = pick
             span, rights, r_lab = (j,), ("C", "P"), -1
-            detail = f"{'rich' if sign > 0 else 'cheap'} up to {size:.1f} vol points, below arbitrage"
+            detail = (
+                f"{'rich' if sign > 0 else 'cheap'}: about {size:.1f} vol points off the smile, "
+                "observable and below arbitrage"
+            )
         elif kind == "crossed":
             j = atm + int(rng.integers(-4, 5))
             size = float(rng.integers(0, 3))
@@ -645,26 +796,29 @@ class SimulatedMarket:
         elif kind == "stale":
             j = atm + int(rng.integers(-3, 4))
             span, rights, r_lab = (j,), ("CP"[right],), right
-            detail = "quote stops updating"
+            detail = (
+                f"quote stopped updating; labelled once its value is {cfg.stale_observable_ticks:g} "
+                f"ticks off for {cfg.stale_observable_s:g}s, until refreshed"
+            )
+            # frozen now, labelled once observable (see _stale_move), then held for the duration
+            shown, hold_ns = False, end - t
+            end = t + int(cfg.stale_max_wait_s * 1e9)
+            if 0 <= j < self._n:
+                ref_spot = float(self._chg_spot[right, self._lo + j])
         elif kind == "volume_spike":
             j = atm + int(rng.integers(-6, 7))
             size = float(rng.uniform(*cfg.volume_spike_mult))
             span, rights, r_lab = (j,), ("CP"[right],), right
-            detail = f"trade rate x{size:.0f}"
+            detail = f"volume x{size:.0f} its usual rate (at least {cfg.volume_spike_min_per_s:g}/s)"
         else:  # pragma: no cover - validated in SimConfig / inject
             raise ValueError(f"unknown anomaly kind {kind!r}")
-        guard = {i + d for i in span for d in (-1, 0, 1)}
-        if min(span) < 1 or max(span) > self._n - 2:
+        if not free(span):
             return None
-        busy = {i - self._lo for a in self._active for i in a.strikes}
-        if guard & busy:
-            return None
-        self._label_seq += 1
         contracts: tuple[Contract, ...] = tuple((float(strikes[i]), r) for i in span for r in rights)
         if kind == "butterfly":
             contracts = tuple(sorted(contracts, key=lambda c: (c[1], c[0])))
         label = AnomalyLabel(
-            id=f"sim-{cfg.seed}-{self._label_seq}",
+            id="",
             kind=kind,
             expiry=self._expiry,
             contracts=contracts,
@@ -672,22 +826,43 @@ class SimulatedMarket:
             end_ns=None,
             detail=detail,
         )
-        log.debug("anomaly started: %s %s %s", label.id, kind, contracts)
-        j_main = j  # the strike an anomaly is anchored on (the middle of a butterfly)
-        return _Active(
+        a = _Active(
             label=label,
-            idx=self._lo + j_main,
+            idx=self._lo + j,  # the strike an anomaly is anchored on (the middle of a butterfly)
             right=r_lab,
             sign=sign,
             end_ns=end,
             size=size,
             strikes=tuple(self._lo + i for i in span),
+            shown=False,
+            hold_ns=hold_ns,
+            ref_spot=ref_spot,
         )
+        if shown:
+            self._show(a, t, None)
+        return a
+
+    def _show(self, a: _Active, t: int, labels: list[AnomalyLabel] | None) -> None:
+        """Give ``a`` its label (id, start now) and, for a stale freeze, its end."""
+        self._label_seq += 1
+        a.label = replace(a.label, id=f"sim-{self._cfg.seed}-{self._label_seq}", start_ns=t)
+        if not a.shown and a.hold_ns:
+            a.end_ns = t + a.hold_ns
+        a.shown = True
+        log.debug("anomaly started: %s %s %s", a.label.id, a.label.kind, a.label.contracts)
+        if labels is not None:
+            labels.append(a.label)
+
+    def _retire(self, a: _Active, t: int, labels: list[AnomalyLabel]) -> None:
+        """End ``a`` at ``t``: its end label if it was shown; its strikes cool down."""
+        if a.shown:
+            labels.append(self._end(a, t))
+        self._recent.append((t, a.strikes))
 
     def _end(self, a: _Active, t: int) -> AnomalyLabel:
         lab = a.label
         log.debug("anomaly ended: %s", lab.id)
-        return AnomalyLabel(lab.id, lab.kind, lab.expiry, lab.contracts, lab.start_ns, t, lab.detail)
+        return replace(lab, end_ns=t)
 
     # ----------------------------------------------------------------- events
 

@@ -187,6 +187,9 @@ def test_injected_anomaly_is_labelled_shows_in_the_quotes_and_reverts(kind: str)
                 n_labels += 1
                 if kind == "volume_spike":
                     spike_start[lab.id] = (dirty.q(lab.contracts[0]).volume, clean.q(lab.contracts[0]).volume)
+                if kind == "stale":  # labelled once observable: the clean quote has moved away
+                    c = lab.contracts[0]
+                    assert (dirty.q(c).bid, dirty.q(c).ask) != (clean.q(c).bid, clean.q(c).ask)
             else:
                 assert lab.end_ns == st_d.ts_ns
                 assert lab.start_ns < lab.end_ns
@@ -197,13 +200,17 @@ def test_injected_anomaly_is_labelled_shows_in_the_quotes_and_reverts(kind: str)
                     d_vol = dirty.q(lab.contracts[0]).volume - d0
                     c_vol = clean.q(lab.contracts[0]).volume - c0
                     assert d_vol >= 5 * c_vol + 10, (d_vol, c_vol)
+                    # well above a detector's 50 contracts in a second
+                    assert d_vol - c_vol >= 60 * (lab.end_ns - lab.start_ns) / 1e9, (d_vol, c_vol)
                     seen[lab.id] = 1
         touched = {c for lab in active.values() for c in lab.contracts}
-        # nothing outside the labelled contracts differs from the clean market
+        # nothing outside the labelled contracts differs from the clean market, except a stale
+        # freeze that is not observable yet (its quote is older than the clean one; not labelled)
         for key, qc in clean.book.quotes.items():
             qd = dirty.book.quotes[key]
             if (key[0], key[1].value) not in touched and kind != "volume_spike":
-                assert (qd.bid, qd.ask) == (qc.bid, qc.ask), (key, qd, qc)
+                pending = kind == "stale" and qd.quote_ts_ns < qc.quote_ts_ns
+                assert pending or (qd.bid, qd.ask) == (qc.bid, qc.ask), (key, qd, qc)
         arbs = dirty.arbitrage(COMMISSION) if kind in ("parity", "vertical", "butterfly") else []
         for lab in active.values():
             contracts = set(lab.contracts)
@@ -216,9 +223,19 @@ def test_injected_anomaly_is_labelled_shows_in_the_quotes_and_reverts(kind: str)
                 assert dirty.arbitrage(0.0) == [], lab
                 sign = 1 if lab.detail.startswith("rich") else -1
                 moves = [sign * (mid(dirty.q(c)) - mid(clean.q(c))) for c in lab.contracts]
-                assert min(moves) >= 0
-                if min(moves) > 0:
-                    seen[lab.id] = seen.get(lab.id, 0) + 1
+                assert min(moves) > 0
+                # observable: the out-of-the-money contract's executable side is off its clean value
+                # by at least $0.03 plus the commission
+                strikes, calls, puts = dirty.market.fair_values()
+                k = lab.contracts[0][0]
+                i = int(np.searchsorted(strikes, k))
+                fwd = dirty.market.spot / dirty.market.discount()
+                assert abs(k - fwd) >= 1.0
+                otm, value = ((k, "C"), calls[i]) if k > fwd else ((k, "P"), puts[i])
+                q = dirty.q(otm)
+                off = q.bid - value if sign > 0 else value - q.ask
+                assert off >= 0.03 + COMMISSION / 100 - 1e-9, (lab, q, value)
+                seen[lab.id] = seen.get(lab.id, 0) + 1
             elif kind == "crossed":
                 q = dirty.q(lab.contracts[0])
                 assert q.flags & (QuoteFlag.CROSSED | QuoteFlag.LOCKED)
@@ -245,3 +262,22 @@ def test_mixed_injection_at_a_realistic_rate_keeps_running_and_labels_pair_up() 
     assert ends <= starts
     assert len(starts - ends) <= 2
     assert len(kinds) >= 5
+
+
+def test_a_strike_cools_down_before_it_carries_another_anomaly() -> None:
+    # a quote must be clean again before it is tampered with: e.g. a stale freeze starting as a
+    # smile outlier ends on the same contract would freeze the outlier's quote (a real parity break)
+    cfg = SimConfig(seed=4, anomaly_rate_per_min=40.0)
+    m = SimulatedMarket(cfg, DAY, START)
+    ended: dict[float, int] = {}
+    n = 0
+    for _ in range(2400):
+        for lab in m.step().labels:
+            strikes = {k for k, _ in lab.contracts}
+            if lab.end_ns is None:
+                n += 1
+                for k in strikes:
+                    assert lab.start_ns - ended.get(k, -(10**19)) >= cfg.anomaly_cooldown_s * 1e9, lab
+            else:
+                ended.update(dict.fromkeys(strikes, lab.end_ns))
+    assert n >= 100

@@ -233,6 +233,25 @@ def test_clean_chain_has_no_static_arbitrage(
         assert m.closed
 
 
+@pytest.mark.parametrize(("start", "step_ms"), [("09:31", 250), ("12:00", 250), ("15:45", 1000)])
+def test_clean_trade_flow_has_no_volume_spike(start: str, step_ms: int) -> None:
+    # a detector's spike is >= 50 contracts on one contract within a second: ordinary flow stays below
+    cfg = SimConfig(seed=6, step_ms=step_ms)
+    m = SimulatedMarket(cfg, DAY, at(DAY, start))
+    tape = Tape(m)
+    per_s = max(1000 // step_ms, 1)
+    history: list[dict[tuple[float, Right], int]] = []
+    traded = 0
+    for _ in tape.steps(1200 if step_ms == 250 else 600):
+        history.append({key: q.volume for key, q in tape.book.quotes.items()})
+        if len(history) > per_s:
+            old, new = history[-1 - per_s], history[-1]
+            window = [new[key] - old[key] for key in new if key in old]
+            traded += sum(window)
+            assert max(window) <= cfg.max_ordinary_contracts_per_s < 50
+    assert traded > 0
+
+
 # ----------------------------------------------------------------------------- window and session
 
 
