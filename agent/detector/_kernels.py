@@ -187,14 +187,17 @@ def otm_iv(
     disc: float,
     iv_prev: FloatArray,
     tick: float,
-) -> tuple[FloatArray, IntArray, FloatArray, FloatArray, FloatArray]:
+    exclude: BoolArray,
+) -> tuple[FloatArray, IntArray, FloatArray, FloatArray, FloatArray, int]:
     """Implied vols of the out-of-the-money mids (warm-started from ``iv_prev``), as the engine's
-    step 3: ``(iv_otm per strike, fit_idx, x, vega, half_spread)`` of the strikes with an IV."""
+    step 3: ``(iv_otm per strike, fit_idx, x, vega, half_spread, n_iv)``; the fit arrays are of
+    the strikes with an IV that are not in ``exclude``, ``n_iv`` counts every strike with an IV."""
     n = strikes.size
     iv_otm = np.full(n, np.nan)
     vega_all = np.empty(n)
     good = np.zeros(n, np.bool_)
     cnt = 0
+    n_iv = 0
     for i in range(n):
         r = 0 if strikes[i] >= forward else 1
         if not clean_two[r, i]:
@@ -207,8 +210,10 @@ def otm_iv(
         x = math.log(forward / strikes[i])
         d1 = x / s + 0.5 * s
         vega_all[i] = (disc * ONE_OVER_SQRT_TWO_PI) * forward * math.exp(-0.5 * d1 * d1) * math.sqrt(t)
-        good[i] = True
-        cnt += 1
+        n_iv += 1
+        if not exclude[i]:
+            good[i] = True
+            cnt += 1
     idx = np.empty(cnt, np.int64)
     xs = np.empty(cnt)
     vega = np.empty(cnt)
@@ -223,7 +228,7 @@ def otm_iv(
             h = 0.5 * (ask[r, i] - bid[r, i])
             half[j] = h if h >= 0.5 * tick else 0.5 * tick
             j += 1
-    return iv_otm, idx, xs, vega, half
+    return iv_otm, idx, xs, vega, half, n_iv
 
 
 # --------------------------------------------------------------------------- SVI fit
@@ -509,13 +514,17 @@ def svi_fit(
 
 
 @njit
-def svi_vols(strikes: FloatArray, forward: float, tau: float, params: FloatArray) -> FloatArray:
-    """Fitted vols at every strike: ``sqrt(max(w(ln(K/F)), 1e-300) / tau)``."""
+def svi_vols(
+    strikes: FloatArray, forward: float, tau: float, params: FloatArray, k_lo: float, k_hi: float
+) -> FloatArray:
+    """Fitted vols at every strike: ``sqrt(max(w(ln(K/F)), 1e-300) / tau)``, with ``K`` clipped
+    to the fitted strikes ``[k_lo, k_hi]`` (flat beyond them)."""
     n = strikes.size
     out = np.empty(n)
     a, b, rho, m, sig = params[0], params[1], params[2], params[3], params[4]
     for i in range(n):
-        d = math.log(strikes[i] / forward) - m
+        kk = min(max(strikes[i], k_lo), k_hi)
+        d = math.log(kk / forward) - m
         out[i] = math.sqrt(max(a + b * (rho * d + math.sqrt(d * d + sig * sig)), 1e-300) / tau)
     return out
 
@@ -530,6 +539,8 @@ def model_and_stale(
     disc: float,
     has_smile: bool,
     params: FloatArray,
+    k_lo: float,
+    k_hi: float,
     check_stale: bool,
     s_ref: float,
     ref_und: FloatArray,
@@ -543,7 +554,8 @@ def model_and_stale(
 ) -> tuple[FloatArray, FloatArray, BoolArray, BoolArray, FloatArray, FloatArray, int]:
     """Model price and vega of every contract at the fitted vol, then the stale-quote rule
     (``moved_since_ns`` updated in place as the engine does). Returns ``(price, vega, stale,
-    suspect, move, ds, n_stale)``; ``tau`` is floored (prices), ``tau_raw`` not (vols from the smile)."""
+    suspect, move, ds, n_stale)``; ``tau`` is floored (prices), ``tau_raw`` not (vols from the smile,
+    flat beyond the fitted strikes ``[k_lo, k_hi]`` in moneyness)."""
     n = strikes.size
     price = np.empty((2, n))
     vega = np.empty((2, n))
@@ -567,7 +579,8 @@ def model_and_stale(
             if cand:
                 f_ref = forward * ref_und[r, i] / s_ref
                 if has_smile:
-                    d = math.log(strikes[i] / f_ref) - m
+                    kk = min(max(strikes[i] * forward / f_ref, k_lo), k_hi)
+                    d = math.log(kk / forward) - m
                     w_ref = a + b * (rho * d + math.sqrt(d * d + sig * sig))
                     vol_ref = math.sqrt(max(w_ref, 1e-300) / tau_raw)
                 else:
@@ -936,15 +949,36 @@ def _warm_up() -> None:
     i2 = np.ones((2, n), np.int64)
     quote_masks(b2, bid, ask, i2, i2, i2 * 0, 1, 2, 4, 8, 16, 32)
     parity_forward(b2, k, bid, ask, 1.0, _TUKEY_C)
-    iv_otm, idx, x, vega, half = otm_iv(b2, bid, ask, k, f, t, df, np.full((2, n), np.nan), 0.01)
+    iv_otm, idx, x, vega, half, _n_iv = otm_iv(
+        b2, bid, ask, k, f, t, df, np.full((2, n), np.nan), 0.01, np.zeros(n, np.bool_)
+    )
     st = np.zeros(12)
     gm = np.linspace(-1.5, 1.5, 3)
     gs = np.geomspace(0.05, 4.0, 3)
     _ok, params, _w, _rmse, _used = svi_fit(x, iv_otm[idx], t, vega, half, st, gm, gs, 1, 2)
-    fit_iv = svi_vols(k, f, t, params)
+    fit_iv = svi_vols(k, f, t, params, k[0], k[-1])
     ms = np.full((2, n), -1, np.int64)
     model_and_stale(
-        k, f, t, t, fit_iv, df, True, params, True, f, np.full((2, n), f - 1), b2, ~b2, ~b2, ms, 1, 0.02, 1
+        k,
+        f,
+        t,
+        t,
+        fit_iv,
+        df,
+        True,
+        params,
+        k[0],
+        k[-1],
+        True,
+        f,
+        np.full((2, n), f - 1),
+        b2,
+        ~b2,
+        ~b2,
+        ms,
+        1,
+        0.02,
+        1,
     )
     bx, ax = exec_book(bid, ask, b2, b2, b2)
     arbitrage_screen(k, bx, ax, 0.65, 100.0, 0.005, 0.01, 1.0, f, f, f)

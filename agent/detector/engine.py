@@ -106,6 +106,9 @@ class Detector:
         self._smile = SviFitter(config.smile_refit_grid, config.smile_full_refit_every)
         self._tracker = SignalTracker(config.resolve_after_evals, config.resolve_after_ns)
         self._last_eval_ns: int | None = None
+        self._arb_strikes: FloatArray = np.zeros(0)
+        """Strikes of the legs of the previous evaluation's arbitrage findings: left out of the
+        smile fit (a handful of points at the close would bend towards a broken quote)."""
 
     def active_signals(self) -> list[Signal]:
         """Every signal that is new or active (not resolved) after the last evaluation."""
@@ -141,6 +144,7 @@ class Detector:
         if old_expiry and st.expiry != old_expiry:
             changed.extend(self._tracker.resolve_all())
             self._smile.reset()
+            self._arb_strikes = np.zeros(0)
         if st.layout_changed:
             self._smile.reset() if st.n < 3 else None
         evaluate = self._evaluate_compiled if self.compiled else self._evaluate
@@ -197,6 +201,7 @@ class Detector:
         smile: SmileFit | None = None
         fit_iv: FloatArray | None = None
         inside = np.zeros(n, bool)
+        k_lo, k_hi = -math.inf, math.inf
         iv_otm = np.full(n, np.nan)
         if math.isfinite(forward):
             otm_row = np.where(k >= forward, 0, 1)
@@ -212,18 +217,24 @@ class Detector:
                 )
                 good = ca.reason == 0
                 iv_otm[idx[good]] = ca.vol[good]
-                fit_idx = idx[good]
+                in_fit = good & ~self._fit_excluded(k)[idx]
+                fit_idx = idx[in_fit]
                 if fit_idx.size >= cfg.smile_min_points:
                     half = np.maximum(
                         0.5 * (st.ask[otm_row[fit_idx], fit_idx] - st.bid[otm_row[fit_idx], fit_idx]),
                         0.5 * st.tick,
                     )
                     x = np.log(k[fit_idx] / forward)
-                    res = self._smile.fit(x, iv_otm[fit_idx], tau, ca.greeks.vega[good], half)
+                    res = self._smile.fit(x, iv_otm[fit_idx], tau, ca.greeks.vega[in_fit], half)
                     if res is not None and res.n_used >= cfg.smile_min_points:
                         used_k = k[fit_idx][res.weights > 0]
-                        inside = (k >= used_k.min()) & (k <= used_k.max())  # no extrapolation
-                        w_all = np.maximum(res.params.total_variance(np.log(k / forward)), 1e-300)
+                        k_lo, k_hi = float(used_k.min()), float(used_k.max())
+                        inside = (k >= k_lo) & (k <= k_hi)  # no extrapolation
+                        # flat beyond the fitted strikes: a few points at the close leave the wings
+                        # of the curve free to steepen, and a steep wing gives a far, nearly
+                        # worthless quote a delta large enough to be "stale" on a cent's move
+                        x_all = np.log(np.clip(k, k_lo, k_hi) / forward)
+                        w_all = np.maximum(res.params.total_variance(x_all), 1e-300)
                         fit_iv = np.sqrt(w_all / tau)
                         p = res.params
                         smile = SmileFit(
@@ -258,8 +269,10 @@ class Detector:
                     f_ref = forward * h.ref_und / s_ref
                     if smile is not None:
                         sp = smile.params
+                        # the smile as it was, in moneyness (flat beyond the fitted strikes as now)
+                        k_then = np.clip(k[None, :] * forward / f_ref, k_lo, k_hi)
                         w_ref = SviParams(sp["a"], sp["b"], sp["rho"], sp["m"], sp["sigma"]).total_variance(
-                            np.log(k[None, :] / f_ref)
+                            np.log(k_then / forward)
                         )
                         vol_ref = np.sqrt(np.maximum(w_ref, 1e-300) / tau)
                     else:
@@ -302,6 +315,7 @@ class Detector:
         for f in arb:
             for leg in f.legs:
                 in_arb[0 if leg.right is Right.CALL else 1, int(np.searchsorted(k, leg.strike))] = True
+        self._arb_strikes = k[in_arb.any(axis=0)]
 
         if greeks is not None:
             # out-of-the-money options only: an in-the-money price adds nothing to the smile but the
@@ -372,19 +386,30 @@ class Detector:
         fit_iv: FloatArray | None = None
         params = np.zeros(5)
         inside = np.zeros(n, bool)
+        k_lo, k_hi = -math.inf, math.inf
         iv_otm = np.full(n, np.nan)
         if math.isfinite(forward):
-            iv_otm, fit_idx, x, vega_fit, half = K.otm_iv(
-                clean_two, st.bid, st.ask, k, forward, tau, disc, st.history.iv_prev, st.tick
+            iv_otm, fit_idx, x, vega_fit, half, n_iv = K.otm_iv(
+                clean_two,
+                st.bid,
+                st.ask,
+                k,
+                forward,
+                tau,
+                disc,
+                st.history.iv_prev,
+                st.tick,
+                self._fit_excluded(k),
             )
             if fit_idx.size >= cfg.smile_min_points:
                 res = self._smile.fit_compiled(x, iv_otm[fit_idx], tau, vega_fit, half)
                 if res is not None and res.n_used >= cfg.smile_min_points:
                     used_k = k[fit_idx][res.weights > 0]
-                    inside = (k >= used_k.min()) & (k <= used_k.max())  # no extrapolation
+                    k_lo, k_hi = float(used_k.min()), float(used_k.max())
+                    inside = (k >= k_lo) & (k <= k_hi)  # no extrapolation
                     p = res.params
                     params = np.array([p.a, p.b, p.rho, p.m, p.sigma])
-                    fit_iv = K.svi_vols(k, forward, tau, params)
+                    fit_iv = K.svi_vols(k, forward, tau, params, k_lo, k_hi)  # flat beyond the fit
                     smile = SmileFit(
                         model="svi",
                         params={"a": p.a, "b": p.b, "rho": p.rho, "m": p.m, "sigma": p.sigma, "tau": tau},
@@ -395,8 +420,8 @@ class Detector:
                         n_used=res.n_used,
                         forward_method=method,
                     )
-            if fit_iv is None and fit_idx.size:
-                fit_iv = np.full(n, float(np.median(iv_otm[fit_idx])))
+            if fit_iv is None and n_iv:
+                fit_iv = np.full(n, float(np.median(iv_otm[np.isfinite(iv_otm)])))
 
         # model values at the fitted vols, and stale quotes
         h = st.history
@@ -413,6 +438,8 @@ class Detector:
                 disc,
                 smile is not None,
                 params,
+                k_lo,
+                k_hi,
                 check,
                 s_ref if check else 1.0,
                 h.ref_und,
@@ -470,6 +497,7 @@ class Detector:
             for f in arb:
                 for leg in f.legs:
                     in_arb[0 if leg.right is Right.CALL else 1, int(np.searchsorted(k, leg.strike))] = True
+        self._arb_strikes = k[in_arb.any(axis=0)]
 
         if model is not None and vega is not None:
             rich, cheap, zero, n_rel = K.outlier_masks(
@@ -585,6 +613,12 @@ class Detector:
                 lo = np.fmin(st.bid, st.prev_bid)
             out.extend(self._through_findings(through, lo, hi))
         return out
+
+    def _fit_excluded(self, k: FloatArray) -> BoolArray:
+        """Strikes left out of the smile fit: those of the previous evaluation's arbitrage legs."""
+        if self._arb_strikes.size == 0:
+            return np.zeros(k.size, bool)
+        return np.isin(k, self._arb_strikes)
 
     def _forward(self, clean_two: BoolArray, disc: float, s_mid: float) -> tuple[float, str]:
         st = self._state
