@@ -165,6 +165,15 @@ class Detector:
 
     # ------------------------------------------------------------------ evaluation
 
+    def _costs_and_time(self, now_ns: int, multiplier: int) -> tuple[float, float, float]:
+        """Commission per share, time to expiry (trading years) and the bounds' discount factor."""
+        t_cal = max(self.session.close_ns - now_ns, 0) / NS_PER_CALENDAR_YEAR
+        return (
+            self.config.commission_per_contract / multiplier,
+            self.session.tau(now_ns),
+            math.exp(-self.config.max_rate * t_cal),
+        )
+
     def _evaluate(
         self, now_ns: int, s_bid: float, s_ask: float, s_mid: float, s_ref: float
     ) -> tuple[list[Finding], SmileFit | None, float, str, int]:
@@ -173,10 +182,7 @@ class Detector:
         if n == 0 or now_ns >= self.session.close_ns:
             return [], None, math.nan, "none", 0
         mult = st.multiplier
-        com = cfg.commission_per_contract / mult
-        tau = self.session.tau(now_ns)
-        t_cal = max(self.session.close_ns - now_ns, 0) / NS_PER_CALENDAR_YEAR
-        disc = math.exp(-cfg.max_rate * t_cal)
+        com, tau, disc = self._costs_and_time(now_ns, mult)
         k = st.strikes
         findings: list[Finding] = []
 
@@ -343,10 +349,7 @@ class Detector:
         if n == 0 or now_ns >= self.session.close_ns:
             return [], None, math.nan, "none", 0
         mult = st.multiplier
-        com = cfg.commission_per_contract / mult
-        tau = self.session.tau(now_ns)
-        t_cal = max(self.session.close_ns - now_ns, 0) / NS_PER_CALENDAR_YEAR
-        disc = math.exp(-cfg.max_rate * t_cal)
+        com, tau, disc = self._costs_and_time(now_ns, mult)
         k = st.strikes
         K = _kernels
         findings: list[Finding] = []
