@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from agent import __version__
 from agent.eventlog import EventLog, StreamRequestError
-from agent.roles.executor import CommandOutcome, CommandSpec
+from agent.executor.commands import CommandOutcome, CommandSpec
 from agent.wire import WireError, command_from_pb, encode_item, outcome_to_pb, snapshot_message
 from proto.spyops.v1 import spyops_pb2 as pb
 

@@ -21,6 +21,7 @@ from agent.domain import (
 )
 from agent.eventlog import Event, MarketMerge, QueueItem
 from agent.events import Payload
+from agent.executor.commands import CommandOutcome, CommandSpec
 from agent.executor.events import (
     CommandRecorded,
     FillBooked,
@@ -30,7 +31,6 @@ from agent.executor.events import (
     RiskStateChanged,
 )
 from agent.executor.orders import OrderLeg, Side
-from agent.roles.executor import CommandOutcome, CommandSpec
 from agent.state import Snapshot
 from proto.spyops.v1 import spyops_pb2 as pb
 

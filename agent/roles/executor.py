@@ -29,11 +29,10 @@ from dataclasses import asdict, dataclass, fields, replace
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
-from kubernetes import client as k8s
-
 from agent.detector.signals import Signal
 from agent.domain import ChainUpdate, NoticeLevel, Right
 from agent.eventlog import Event
+from agent.executor.commands import CommandOutcome, CommandSpec
 from agent.executor.core import Denied, OrderFlow
 from agent.executor.events import (
     CommandRecorded,
@@ -46,7 +45,6 @@ from agent.executor.events import (
 )
 from agent.executor.fencing import NotLeaderError
 from agent.executor.journal import Journal
-from agent.executor.lease import KubeLeaseStore, LeaderElector, LeaseError, LeaseTimings
 from agent.executor.orders import (
     Contract,
     OrderError,
@@ -82,6 +80,7 @@ from agent.executor.risk import Denial, RiskConfigError, RiskContext, RiskEngine
 from agent.settings import ExecutorSettings, LeaseSettings, PlaybookSettings
 
 if TYPE_CHECKING:
+    from agent.executor.lease import LeaderElector
     from agent.runtime import AgentRuntime
 
 log = logging.getLogger(__name__)
@@ -97,29 +96,6 @@ class LegSpec:
     right: Right
     side: Side
     ratio: int = 1
-
-
-@dataclass(frozen=True, slots=True)
-class CommandSpec:
-    """One operator command, already translated from the wire (``kind`` + its arguments)."""
-
-    idempotency_key: str
-    operator: str
-    kind: (
-        str  # set_armed, set_trading_state, halt, flatten, submit_order, cancel_order, heartbeat, set_limits
-    )
-    args: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class CommandOutcome:
-    accepted: bool
-    code: str
-    message: str
-    client_order_id: str = ""
-    denials: tuple[Denial, ...] = ()
-    replayed: bool = False
-    audit_seq: int = 0
 
 
 class ExecutorStartError(RuntimeError):
@@ -219,6 +195,11 @@ class ExecutorRole:
         rt.log.add_listener(self._on_event)
 
     def _elector(self, s: LeaseSettings) -> LeaderElector:
+        # the Kubernetes client is imported only by replicas that elect a leader
+        from kubernetes import client as k8s
+
+        from agent.executor.lease import KubeLeaseStore, LeaderElector, LeaseError, LeaseTimings
+
         identity = s.identity or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         config = None
         if s.api_url:
