@@ -32,7 +32,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import Enum
 from pathlib import Path
@@ -50,9 +50,8 @@ from agent.executor.orders import (
     OrderError,
     OrderIntent,
     OrderLeg,
-    Origin,
     Side,
-    nearest_tick,
+    under_id,
 )
 from agent.executor.paper import PaperBroker
 from agent.executor.playbook import (
@@ -70,7 +69,7 @@ from agent.executor.playbook import (
     ProposalStatus,
     Purpose,
 )
-from agent.executor.positions import PositionBook
+from agent.executor.positions import PositionBook, flatten_intents
 from agent.executor.risk import RiskContext, RiskEngine, RiskLimits, TradingState
 from agent.feeds.replay import ReplayError, open_replay
 from agent.roles.detector import detector_config
@@ -492,24 +491,10 @@ class _Run:
             await self.flatten()
 
     async def flatten(self) -> None:
-        for pos in self.flow.positions.positions():
-            q = self.book.quotes.get(pos.contract.key)
-            selling = pos.quantity > 0
-            if q is None or not (q.has_bid if selling else q.has_ask):
-                self.notes.append(f"flatten: no quote to close {pos.contract.osi.strip()} at")
-                continue
-            price = nearest_tick(q.bid if selling else q.ask, pos.contract.tick)
-            side = Side.SELL if selling else Side.BUY
-            intent = OrderIntent(
-                "flatten",
-                side,
-                abs(pos.quantity),
-                price,
-                (OrderLeg(pos.contract, Side.BUY),),
-                self.now,
-                origin=Origin.FLATTEN,
-            )
-            await self.send(_with_id(intent), Purpose.FLATTEN)
+        intents, problems = flatten_intents(self.flow.positions, self.book, self.now)
+        self.notes.extend(f"flatten: {p}" for p in problems)
+        for intent in intents:
+            await self.send(under_id(intent), Purpose.FLATTEN)
 
     # ------------------------------------------------------------- the end
 
@@ -600,11 +585,6 @@ class _Run:
             fills=tuple(f for f, _ in fills),
             unmarked=tuple(s.strip() for s in pnl.unmarked),
         )
-
-
-def _with_id(intent: OrderIntent) -> Callable[[str], OrderIntent]:
-    """A builder for ``OrderFlow.place``: ``intent`` under the journal's client order id."""
-    return lambda cid: replace(intent, client_order_id=cid)
 
 
 def _net_price(orders: list[Order]) -> Decimal | None:

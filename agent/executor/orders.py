@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from enum import Enum
 from typing import Final
@@ -230,6 +231,11 @@ def single_leg(
         origin=origin,
         signal_id=signal_id,
     )
+
+
+def under_id(intent: OrderIntent) -> Callable[[str], OrderIntent]:
+    """A build step for ``OrderFlow.place``: ``intent`` under the journal's client order id."""
+    return lambda cid: replace(intent, client_order_id=cid)
 
 
 def client_order_id(prefix: str, session_date: str, seq: int) -> str:

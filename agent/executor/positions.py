@@ -25,7 +25,17 @@ from decimal import Decimal
 import numpy as np
 
 from agent.domain import ChainBook, OptionQuote, Right
-from agent.executor.orders import ZERO, Contract, Fill, Order
+from agent.executor.orders import (
+    ZERO,
+    Contract,
+    Fill,
+    Order,
+    OrderIntent,
+    OrderLeg,
+    Origin,
+    Side,
+    nearest_tick,
+)
 from agent.pricing import black76_greeks, implied_vol
 
 
@@ -209,3 +219,34 @@ def sum_greeks(holdings: Iterable[tuple[Contract, int]], per: dict[str, Contract
         v += scale * cg.vega / 100.0
         t += scale * cg.theta
     return PortfolioGreeks(d, g, v, t, tuple(sorted(missing)))
+
+
+FLATTEN_ID = "flatten"  # placeholder: the journal gives each closing order its real client order id
+
+
+def flatten_intents(
+    positions: PositionBook, book: ChainBook, created_ns: int
+) -> tuple[list[OrderIntent], list[str]]:
+    """One closing order per open position, a marketable limit at the touch (bid to sell, ask to
+    buy), origin FLATTEN; and, for positions with no price to close at, why not. The intents carry
+    ``FLATTEN_ID``: replace it with the journal's client order id when placing them."""
+    intents: list[OrderIntent] = []
+    problems: list[str] = []
+    for pos in positions.positions():
+        quote = book.quotes.get(pos.contract.key)
+        selling = pos.quantity > 0
+        if quote is None or not (quote.has_bid if selling else quote.has_ask):
+            problems.append(f"{pos.contract.osi.strip()}: no {'bid' if selling else 'ask'} to close at")
+            continue
+        intents.append(
+            OrderIntent(
+                FLATTEN_ID,
+                Side.SELL if selling else Side.BUY,
+                abs(pos.quantity),
+                nearest_tick(quote.bid if selling else quote.ask, pos.contract.tick),
+                (OrderLeg(pos.contract, Side.BUY),),
+                created_ns,
+                origin=Origin.FLATTEN,
+            )
+        )
+    return intents, problems

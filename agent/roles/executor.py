@@ -56,7 +56,7 @@ from agent.executor.orders import (
     Outcome,
     Side,
     as_price,
-    nearest_tick,
+    under_id,
 )
 from agent.executor.paper import PaperBroker
 from agent.executor.playbook import (
@@ -75,7 +75,7 @@ from agent.executor.playbook import (
     ProposalError,
     Target,
 )
-from agent.executor.positions import contract_greeks
+from agent.executor.positions import contract_greeks, flatten_intents
 from agent.executor.risk import Denial, RiskConfigError, RiskContext, RiskEngine, RiskLimits, TradingState
 from agent.settings import ExecutorSettings, LeaseSettings, PlaybookSettings
 
@@ -451,19 +451,23 @@ class ExecutorRole:
             raise OrderError(f"unknown contract: no quote for {SYMBOL} {expiry} {strike:g}{right.value}")
         return Contract(SYMBOL, expiry, strike, right, book.multiplier, Decimal(str(book.tick)))
 
-    def _intent_builder(
-        self, side: Side, quantity: int, price: str, legs: list[LegSpec], expiry: str, origin: Origin
-    ) -> Callable[[str], OrderIntent]:
+    def _manual_order(
+        self, side: Side, quantity: int, price: str, legs: list[LegSpec], expiry: str
+    ) -> OrderIntent:
+        """An operator's order, checked against the live chain (unknown contracts, the tick)."""
         contracts = [self._contract(leg.strike, leg.right, expiry) for leg in legs]
         tick = max(c.tick for c in contracts)
         limit = as_price(price, tick, allow_non_positive=len(legs) > 1)
         order_legs = tuple(OrderLeg(c, leg.side, leg.ratio) for c, leg in zip(contracts, legs, strict=True))
-        now = self._rt.clock.now_ns()
-
-        def build(cid: str) -> OrderIntent:
-            return OrderIntent(cid, side, quantity, limit, order_legs, now, origin=origin)
-
-        return build
+        return OrderIntent(
+            "manual",  # the journal gives the real client order id
+            side,
+            quantity,
+            limit,
+            order_legs,
+            self._rt.clock.now_ns(),
+            origin=Origin.MANUAL,
+        )
 
     async def _halt(self, reason: str) -> int:
         self.flow.state = TradingState.HALTED
@@ -485,30 +489,16 @@ class ExecutorRole:
 
     async def _flatten(self, reason: str) -> tuple[int, list[str]]:
         """Close every position with a marketable limit inside the collar (at the touch)."""
-        book = self._rt.log.state.book
-        sent, problems = 0, []
-        for pos in self.flow.positions.positions():
-            quote = book.quotes.get(pos.contract.key)
-            selling = pos.quantity > 0
-            if quote is None or not (quote.has_bid if selling else quote.has_ask):
-                problems.append(f"{pos.contract.osi.strip()}: no {'bid' if selling else 'ask'} to close at")
-                continue
-            touch = quote.bid if selling else quote.ask
-            price = str(nearest_tick(touch, pos.contract.tick))
-            leg = LegSpec(pos.contract.strike, pos.contract.right, Side.BUY)
-            build = self._intent_builder(
-                Side.SELL if selling else Side.BUY,
-                abs(pos.quantity),
-                price,
-                [leg],
-                pos.contract.expiry,
-                Origin.FLATTEN,
-            )
-            outcome = await self._place(build)
+        intents, problems = flatten_intents(
+            self.flow.positions, self._rt.log.state.book, self._rt.clock.now_ns()
+        )
+        sent = 0
+        for template in intents:
+            outcome = await self._place(under_id(template))
             if outcome.accepted:
                 sent += 1
             else:
-                problems.append(f"{pos.contract.osi.strip()}: {outcome.message}")
+                problems.append(f"{template.legs[0].contract.osi.strip()}: {outcome.message}")
         self._rt.notice(
             NoticeLevel.WARN,
             "executor.flatten",
@@ -641,15 +631,15 @@ class ExecutorRole:
         if not legs:
             raise ValueError("an order needs at least one leg")
         expiry = str(args.get("expiry") or self._rt.session.expiry)
-        build = self._intent_builder(side, quantity, str(args["limit_price"]), legs, expiry, Origin.MANUAL)
+        order = self._manual_order(side, quantity, str(args["limit_price"]), legs, expiry)
         if args.get("preview"):
-            intent = build("preview")
+            intent = replace(order, client_order_id="preview")
             denials = self._veto(intent)
             verdict = (
                 "would be sent" if not denials else "would be denied: " + "; ".join(d.reason for d in denials)
             )
             return CommandOutcome(not denials, "preview", f"{intent.describe()} {verdict}", "", denials)
-        return await self._place(build)
+        return await self._place(under_id(order))
 
     async def _cmd_set_limits(self, args: dict[str, Any]) -> CommandOutcome:
         names = {f.name: f for f in fields(RiskLimits)}
