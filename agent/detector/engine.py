@@ -35,7 +35,7 @@ from agent.detector import _kernels
 from agent.detector.config import DetectorConfig
 from agent.detector.rules import Book, find_arbitrage
 from agent.detector.signals import Finding, Leg, Severity, Side, Signal, SmileFit
-from agent.detector.smile import SviFitter, SviParams, median
+from agent.detector.smile import SviFitter, SviParams, SviResult, median
 from agent.detector.state import RIGHTS, ChainState
 from agent.detector.tracker import SignalTracker
 from agent.domain import ChainBook, ChainUpdate, QuoteFlag, Right, UnderlyingTick
@@ -72,6 +72,23 @@ class DetectorOutput:
     forward: float
     forward_method: str
     arbitrage_combinations: int = 0
+
+
+def _published_fit(
+    res: SviResult, tau: float, forward: float, strikes: np.ndarray, fit_iv: np.ndarray, method: str
+) -> SmileFit:
+    """The fit as the detector publishes it: SVI parameters and the curve sampled at the strikes."""
+    p = res.params
+    return SmileFit(
+        model="svi",
+        params={"a": p.a, "b": p.b, "rho": p.rho, "m": p.m, "sigma": p.sigma, "tau": tau},
+        forward=forward,
+        strikes=tuple(strikes.tolist()),
+        ivs=tuple(fit_iv.tolist()),
+        rmse=res.rmse_vol,
+        n_used=res.n_used,
+        forward_method=method,
+    )
 
 
 def _und_quote(underlying: UnderlyingTick | float | None, fallback: float) -> tuple[float, float, float]:
@@ -242,17 +259,7 @@ class Detector:
                         x_all = np.log(np.clip(k, k_lo, k_hi) / forward)
                         w_all = np.maximum(res.params.total_variance(x_all), 1e-300)
                         fit_iv = np.sqrt(w_all / tau)
-                        p = res.params
-                        smile = SmileFit(
-                            model="svi",
-                            params={"a": p.a, "b": p.b, "rho": p.rho, "m": p.m, "sigma": p.sigma, "tau": tau},
-                            forward=forward,
-                            strikes=tuple(k.tolist()),
-                            ivs=tuple(fit_iv.tolist()),
-                            rmse=res.rmse_vol,
-                            n_used=res.n_used,
-                            forward_method=method,
-                        )
+                        smile = _published_fit(res, tau, forward, k, fit_iv, method)
                 if fit_iv is None and good.any():
                     fit_iv = np.full(n, float(np.median(ca.vol[good])))
             if fit_iv is not None:
@@ -413,16 +420,7 @@ class Detector:
                     p = res.params
                     params = np.array([p.a, p.b, p.rho, p.m, p.sigma])
                     fit_iv = K.svi_vols(k, forward, tau, params, k_lo, k_hi)  # flat beyond the fit
-                    smile = SmileFit(
-                        model="svi",
-                        params={"a": p.a, "b": p.b, "rho": p.rho, "m": p.m, "sigma": p.sigma, "tau": tau},
-                        forward=forward,
-                        strikes=tuple(k.tolist()),
-                        ivs=tuple(fit_iv.tolist()),
-                        rmse=res.rmse_vol,
-                        n_used=res.n_used,
-                        forward_method=method,
-                    )
+                    smile = _published_fit(res, tau, forward, k, fit_iv, method)
             if fit_iv is None and n_iv:
                 fit_iv = np.full(n, float(np.median(iv_otm[np.isfinite(iv_otm)])))
 
