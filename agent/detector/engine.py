@@ -75,7 +75,7 @@ class DetectorOutput:
 
 
 def _published_fit(
-    res: SviResult, tau: float, forward: float, strikes: np.ndarray, fit_iv: np.ndarray, method: str
+    res: SviResult, tau: float, forward: float, strikes: FloatArray, fit_iv: FloatArray, method: str
 ) -> SmileFit:
     """The fit as the detector publishes it: SVI parameters and the curve sampled at the strikes."""
     p = res.params
