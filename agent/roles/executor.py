@@ -104,7 +104,12 @@ class ExecutorStartError(RuntimeError):
 
 def risk_limits(s: ExecutorSettings) -> RiskLimits:
     names = {f.name for f in fields(RiskLimits)}
-    values: dict[str, Any] = {k: v for k, v in s.limits.items() if k in names}
+    unknown = sorted(set(s.limits) - names)
+    if unknown:
+        raise RiskConfigError(
+            f"unknown risk limit(s) in [executor.limits]: {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+        )
+    values: dict[str, Any] = dict(s.limits)
     if "max_premium_per_order" in values:
         values["max_premium_per_order"] = Decimal(str(values["max_premium_per_order"]))
     if "restricted" in values:

@@ -244,3 +244,9 @@ async def test_dead_man_halts_an_armed_executor_without_heartbeats(
         await eventually(halted, timeout=10)
         snap = await client.snapshot()
         assert "executor.deadman" in {n.code for n in snap.recent_notices}
+
+
+def test_unknown_risk_limit_in_settings_refuses_to_start(tmp_path: Path) -> None:
+    settings = agent_settings("typo", **executor_settings(tmp_path, limits={"max_order_qty": 5}))
+    with pytest.raises(AgentStartError, match=r"unknown risk limit.*max_order_qty"):
+        AgentRuntime(settings).start_in_thread()
