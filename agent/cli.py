@@ -25,7 +25,15 @@ def agent_command(
     roles: Annotated[
         str | None, typer.Option(help="roles to run: feed,detector,executor (any subset)")
     ] = None,
-    feed: Annotated[str | None, typer.Option(help="market data source: sim, replay or upstream")] = None,
+    feed: Annotated[
+        str | None, typer.Option(help="market data source: sim, replay, upstream or ib (IB Gateway/TWS)")
+    ] = None,
+    broker: Annotated[str | None, typer.Option(help="where the executor's orders go: paper or ib")] = None,
+    ib_host: Annotated[str | None, typer.Option(help="IB Gateway/TWS host (default 127.0.0.1)")] = None,
+    ib_port: Annotated[
+        int | None, typer.Option(help="IB API port: 4002 Gateway paper (default), 4001 Gateway live")
+    ] = None,
+    ib_client_id: Annotated[int | None, typer.Option(help="IB API client id")] = None,
     upstream: Annotated[
         str | None, typer.Option(help="host:port of the agent whose stream feeds this one")
     ] = None,
@@ -59,6 +67,8 @@ def agent_command(
         "clock": {"speed": speed, "start": start, "date": date.date() if date else None},
         "sim": {"seed": seed, "spot": spot, "anomaly_rate_per_min": anomaly_rate, "labels_path": labels},
         "replay": {"path": replay, "pace": pace},
+        "executor": {"broker": broker},
+        "ib": {"host": ib_host, "port": ib_port, "client_id": ib_client_id},
     }
     try:
         settings = load_settings(config, **overrides)

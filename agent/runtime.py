@@ -13,6 +13,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from agent.clock import MarketClock
 from agent.domain import ComponentHealth, ComponentStatus, Health, Notice, NoticeLevel
@@ -25,6 +26,9 @@ from agent.roles.executor import ExecutorRole, ExecutorStartError
 from agent.server import AgentIdentity, AgentServicer, AgentStartError, RunningServer, start_server
 from agent.session import NEW_YORK, Session, session, session_on_or_after, to_ns, today_new_york
 from agent.settings import AgentSettings, ConfigError
+
+if TYPE_CHECKING:
+    from agent.ib.connection import IBConnection
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +102,7 @@ class AgentRuntime:
         self.upstream: UpstreamFeed | None = None
         self.detector: DetectorRole | None = None
         self.executor: ExecutorRole | None = None
+        self._ib: IBConnection | None = None
         self.port = 0
         self.feed_lag_ms = 0.0
 
@@ -125,6 +130,18 @@ class AgentRuntime:
                 detector_eval_ms=self.detector.eval_p50_ms() if self.detector else 0.0,
             )
         )
+
+    def ib_connection(self) -> IBConnection:
+        """The agent's one connection to IB Gateway / TWS, shared by the IB feed and the IB broker."""
+        if self._ib is None:
+            from agent.ib.connection import IBConnection
+
+            self._ib = IBConnection(
+                self.settings.ib,
+                notice=lambda level, code, message: self.notice(level, code, message, source="ib"),
+                health=self.set_health,
+            )
+        return self._ib
 
     # ------------------------------------------------------------- lifecycle
 
@@ -161,11 +178,15 @@ class AgentRuntime:
             self._spawn(self.detector.run(), "detector")
             self.set_health(ComponentHealth("detector", ComponentStatus.OK, "evaluating every chain update"))
         if self.executor is not None:
-            await self.executor.start()  # reconciles with the broker before any command is served
+            try:
+                await self.executor.start()  # reconciles with the broker before any command is served
+            except ExecutorStartError as exc:
+                await self.stop()
+                raise AgentStartError(str(exc)) from None
             self._spawn(self.executor.run(), "executor")
             if self.executor.elector is not None:
                 self._spawn(self.executor.elector.run(), "lease")
-            self.set_health(ComponentHealth("executor", ComponentStatus.OK, "paper broker"))
+            self.set_health(ComponentHealth("executor", ComponentStatus.OK, self.executor.broker_name))
         if "feed" in s.roles or s.feed == "upstream":
             # a detector (or executor) without a local feed takes its quotes from the upstream agent
             self._spawn(self._run_feed(), "feed")
@@ -191,6 +212,19 @@ class AgentRuntime:
             from agent.feeds.simdriver import run_simulation
 
             await run_simulation(self, s.sim)
+        elif s.feed == "ib":
+            from agent.ib.feed import IBFeed
+
+            feed = IBFeed(
+                self.ib_connection(),
+                s.ib,
+                publish=self.publish,
+                notice=lambda level, code, message: self.notice(level, code, message, source="feed"),
+                health=self.set_health,
+                clock_ns=self.clock.now_ns,
+                expiry=self.session.expiry,
+            )
+            await feed.run()
         elif s.feed == "replay":
             assert self.replay is not None
             self.set_health(ComponentHealth("feed", ComponentStatus.OK, self.clock_note))
@@ -226,6 +260,9 @@ class AgentRuntime:
         if self.executor is not None:
             self.executor.close()
             self.executor = None
+        if self._ib is not None:
+            await self._ib.close()
+            self._ib = None
 
     async def run(self) -> None:
         await self.start()

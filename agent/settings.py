@@ -22,7 +22,7 @@ from pydantic_settings import (
 
 ROLES = ("feed", "detector", "executor")
 Role = Literal["feed", "detector", "executor"]
-FeedKind = Literal["sim", "replay", "upstream"]
+FeedKind = Literal["sim", "replay", "upstream", "ib"]
 
 
 class ConfigError(ValueError):
@@ -149,11 +149,55 @@ class ExecutorSettings(_Section):
     )
     deadman_action: Literal["halt", "disarm", "flatten"] = "halt"
     commission_per_contract: float = Field(0.65, ge=0.0, le=10.0, description="paper broker commission")
+    broker: Literal["paper", "ib"] = Field("paper", description="where orders go: paper broker or IB")
     limits: dict[str, Any] = Field(
         default_factory=dict, description="pre-trade risk limits (RiskLimits names)"
     )
     playbook: PlaybookSettings = PlaybookSettings()
     lease: LeaseSettings = LeaseSettings()
+
+
+class IBSettings(_Section):
+    """Interactive Brokers Gateway / TWS: the connection, the market data window, request pacing."""
+
+    host: str = Field("127.0.0.1", description="IB Gateway / TWS host")
+    port: int = Field(4002, ge=1, le=65535, description="API port: 4002 Gateway paper, 4001 Gateway live")
+    client_id: int = Field(17, ge=0, le=2_147_483_647, description="API client id (unique per connection)")
+    client_id_pool: tuple[int, ...] = Field(
+        (), description="further client ids to try, in order, when one is in use (error 326)"
+    )
+    read_only: bool = Field(False, description="market data only: an IB broker refuses to start")
+    account: str = Field("", description="account to trade and reconcile (empty: the only managed one)")
+    symbol: str = Field("SPY", description="underlying (its options' trading class is the same)")
+    market_data_type: Literal[1, 2, 3, 4] = Field(
+        1, description="1 live, 2 frozen, 3 delayed, 4 delayed-frozen"
+    )
+    line_budget: int = Field(100, ge=5, le=10_000, description="market data lines of the account")
+    reserved_underlying_lines: int = Field(1, ge=0, le=100, description="lines kept for the underlying")
+    reserved_order_lines: int = Field(4, ge=0, le=1_000, description="lines kept free for order legs etc.")
+    window_hysteresis_strikes: int = Field(
+        2, ge=0, le=100, description="re-centre the strike window only after the money moved this far"
+    )
+    request_rate: int = Field(45, ge=1, le=50, description="messages per second to the Gateway (limit 50)")
+    connect_timeout_s: float = Field(10.0, gt=0.0, le=300.0)
+    reconnect_initial_s: float = Field(1.0, gt=0.0, le=600.0, description="first reconnect delay")
+    reconnect_max_s: float = Field(30.0, gt=0.0, le=3600.0, description="reconnect delay cap (backoff)")
+    commission_wait_s: float = Field(
+        2.0, ge=0.0, le=60.0, description="how long a fill waits for its commission report"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> IBSettings:
+        if self.reserved_underlying_lines + self.reserved_order_lines + 2 > self.line_budget:
+            raise ValueError(
+                f"line_budget {self.line_budget} leaves no lines for options after "
+                f"{self.reserved_underlying_lines} underlying + {self.reserved_order_lines} order lines"
+            )
+        if self.client_id in self.client_id_pool:
+            raise ValueError(f"client_id {self.client_id} is also listed in client_id_pool")
+        if self.reconnect_max_s < self.reconnect_initial_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_initial_s")
+        return self
 
 
 def _default_agent_id() -> str:
@@ -177,6 +221,7 @@ class AgentSettings(BaseSettings):
     executor: ExecutorSettings = ExecutorSettings()
     clock: ClockSettings = ClockSettings()
     server: ServerSettings = ServerSettings()
+    ib: IBSettings = IBSettings()
 
     @field_validator("roles", mode="before")
     @classmethod
@@ -205,6 +250,16 @@ class AgentSettings(BaseSettings):
             raise ValueError("feed 'replay' needs a file: --replay FILE (SPY_REPLAY__PATH)")
         if self.replay.path is not None and not self.replay.path.is_file():
             raise ValueError(f"replay file {self.replay.path} does not exist")
+        if "executor" in self.roles and self.executor.broker == "ib" and self.feed in ("sim", "replay"):
+            raise ValueError(
+                f"executor.broker 'ib' sends real orders: it needs real quotes (feed 'ib', or 'upstream' from "
+                f"an IB feed agent), not feed {self.feed!r}"
+            )
+        if "executor" in self.roles and self.executor.broker == "ib" and self.ib.read_only:
+            raise ValueError(
+                "executor.broker 'ib' cannot trade with ib.read_only = true: use the paper broker, or "
+                "untick 'Read-Only API' in the Gateway and set ib.read_only = false"
+            )
         return self
 
     @classmethod

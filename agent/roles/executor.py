@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from agent.detector.signals import Signal
 from agent.domain import ChainUpdate, NoticeLevel, Right
 from agent.eventlog import Event
+from agent.executor.broker import BrokerError
 from agent.executor.commands import CommandOutcome, CommandSpec
 from agent.executor.core import Denied, OrderFlow
 from agent.executor.events import (
@@ -81,6 +82,7 @@ from agent.settings import ExecutorSettings, LeaseSettings, PlaybookSettings
 
 if TYPE_CHECKING:
     from agent.executor.lease import LeaderElector
+    from agent.ib.broker import IBBroker
     from agent.runtime import AgentRuntime
 
 log = logging.getLogger(__name__)
@@ -179,11 +181,30 @@ class ExecutorRole:
             self.journal = Journal(settings.journal, prefix, rt.session.expiry)
         except (OSError, RuntimeError, sqlite3.Error, OrderError) as exc:
             raise ExecutorStartError(f"executor journal: {exc}") from None
-        self.broker = PaperBroker(
-            settings.paper_book,
-            rt.clock.now_ns,
-            commission_per_contract=Decimal(str(settings.commission_per_contract)),
-        )
+        self.broker: PaperBroker | IBBroker
+        if settings.broker == "ib":
+            ib = rt.settings.ib
+            if ib.read_only:
+                self.journal.close()
+                raise ExecutorStartError(
+                    "the IB broker cannot trade with ib.read_only = true: untick 'Read-Only API' in the "
+                    "Gateway's API settings and set ib.read_only = false, or use executor.broker = 'paper'"
+                )
+            from agent.ib.broker import IBBroker  # ib_async is imported only when trading through IB
+
+            self.broker = IBBroker(
+                rt.ib_connection(),
+                ib,
+                clock_ns=rt.clock.now_ns,
+                order_ref_prefix=prefix,
+                intents=self._intent_of,
+            )
+        else:
+            self.broker = PaperBroker(
+                settings.paper_book,
+                rt.clock.now_ns,
+                commission_per_contract=Decimal(str(settings.commission_per_contract)),
+            )
         self.flow = OrderFlow(
             self.journal, self.broker, rt.clock.now_ns, fail_state=TradingState(settings.fail_state)
         )
@@ -240,8 +261,26 @@ class ExecutorRole:
 
     # ------------------------------------------------------------- lifecycle
 
+    def _intent_of(self, cid: str) -> OrderIntent | None:
+        order = self.flow.orders.get(cid)
+        return order.intent if order is not None else None
+
+    @property
+    def broker_name(self) -> str:
+        if isinstance(self.broker, PaperBroker):
+            return "paper broker"
+        return f"IB broker at {self.broker.conn.address}"
+
     async def start(self) -> None:
-        result = await self.flow.start()
+        if not isinstance(self.broker, PaperBroker):
+            try:
+                await self.broker.start()
+            except BrokerError as exc:
+                raise ExecutorStartError(f"executor: {exc}") from None
+        try:
+            result = await self.flow.start()
+        except BrokerError as exc:
+            raise ExecutorStartError(f"executor: reconciliation with the broker failed: {exc}") from None
         for notice in result.notices:
             level = NoticeLevel.INFO if notice.code == "executor.reconciled" else NoticeLevel.ERROR
             self._rt.notice(level, notice.code, notice.message, source="executor")
