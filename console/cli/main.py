@@ -1,6 +1,9 @@
-"""``spyctl``: status, streams and recordings of agents; runs agents too.
+"""``spyctl``: the scriptable operator CLI: status, streams, signals, orders, risk and commands of agents;
+recordings, offline detection, scoring, backtests and replays of files; runs agents too.
 
-Exit codes: 0 ok, 2 bad arguments, 3 agent unreachable, 4 agent refused the request, 5 stream ended.
+Agents come from ``--agent`` (repeatable) and the console config file (``console.config``); read
+commands show every selected agent, commands that change something go to exactly one. ``--json``
+prints one JSON object per line. Exit codes: ``console.cli.output.EXIT_CODES`` (in ``--help``).
 """
 
 from __future__ import annotations
@@ -15,132 +18,187 @@ from typing import Annotated
 
 import typer
 
-from console.cli import backtest, output, trading
-from console.cli.common import AgentOpt, client_for, run
-from console.client import ConnectionEvent, ConnectionState, ResumingStream
+from console.cli import backtest, config_cmd, output, replay, signals, trading
+from console.cli.common import (
+    AgentOpt,
+    AgentsOpt,
+    ConfigOpt,
+    GlobalOptions,
+    JsonOpt,
+    check_reachable,
+    client_for,
+    finish,
+    merged_streams,
+    one_target,
+    per_agent,
+    report_state,
+    run,
+    set_global_options,
+    targets,
+)
+from console.cli.envelopes import TOPICS, complete_topics, envelope_summary
+from console.client import AgentClient, ResumingStream
 from console.format import ny_time
 from proto.recording import RecordingWriter
 from proto.spyops.v1 import spyops_pb2 as pb
 
-app = typer.Typer(no_args_is_help=True, help="Operate SPY 0DTE agents from the command line.")
+EPILOG = (
+    "[bold]Agents[/]: --agent host:port | name=host:port | NAME (repeatable), or the config file "
+    "(--config FILE, $SPY_CONSOLE_CONFIG, ~/.config/spyops/console.toml). Read commands show every "
+    "selected agent; commands (arm, halt, order, ...) need exactly one. --json: one object per line.\n\n"
+    "[bold]Exit codes[/]\n" + "\n".join(f"  {code:>3}  {text}" for code, text in output.EXIT_CODES) + "\n\n"
+    "[bold]Completion[/]: spyctl --install-completion (bash, zsh, fish, powershell: the current shell); "
+    "spyctl --show-completion prints the script; _SPYCTL_COMPLETE=source_zsh spyctl prints another shell's."
+)
 
-TopicOpt = Annotated[list[str] | None, typer.Option("--topic", "-t", help="topic to follow (repeatable)")]
+app = typer.Typer(
+    no_args_is_help=True,
+    help="Operate SPY 0DTE agents from the command line.",
+    epilog=EPILOG,
+    rich_markup_mode="rich",
+)
+
+
+@app.callback()
+def _root(agent: AgentsOpt = None, config: ConfigOpt = None) -> None:
+    set_global_options(GlobalOptions(tuple(agent or ()), config))
+
+
+TopicOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--topic",
+        "-t",
+        metavar="TOPIC",
+        autocompletion=complete_topics,
+        help=f"topic to follow (repeatable): {', '.join(TOPICS)}",
+    ),
+]
 
 
 @app.command()
-def status(
-    agent: AgentOpt = output.DEFAULT_AGENT,
-    json_out: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
-) -> None:
-    """Agent identity, clock, roles, stream position and health."""
+def status(agent: AgentsOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
+    """Agent identity, clock, roles, stream position and health (every selected agent)."""
+    _, chosen = targets(agent, config)
 
-    async def go() -> tuple[pb.AgentInfo, str]:
-        async with client_for(agent) as c:
-            return await c.info(), await c.health()
+    async def fetch(c: AgentClient) -> tuple[pb.AgentInfo, str]:
+        return await c.info(), await c.health()
 
-    info, health = run(go())
-    if json_out:
-        output.print_json_line({**output.message_dict(info), "health": health})
-        return
-    output.print_kv(
-        f"agent {info.agent_id} at {agent}",
-        [
-            ("health", health),
-            ("version", info.version),
-            ("roles", ", ".join(info.roles) or "-"),
-            ("feed", info.feed or "-"),
-            ("session", f"{info.session_date} (closes {ny_time(info.session_close_ns)} NY)"),
-            ("market clock", f"{ny_time(info.clock_ns, with_date=True)} NY at {info.clock_speed:g}x"),
-            ("events", f"seq {info.last_seq} (replayable from {info.oldest_seq})"),
-            ("incarnation", info.incarnation),
-            ("stream clients", str(info.clients)),
-            ("upstream", info.upstream or "-"),
-        ],
-    )
-
-
-def _summary(env: pb.Envelope) -> str:
-    kind = env.WhichOneof("payload") or "?"
-    head = f"{env.seq:>8} {ny_time(env.ts_ns)} {kind:<10}"
-    if kind == "chain":
-        c = env.chain
-        return f"{head} {c.expiry} {len(c.quotes)} quotes{' (full)' if c.full else ''} und {c.underlying:.2f}"
-    if kind == "underlying":
-        return f"{head} {env.underlying.symbol} {env.underlying.last:.2f}"
-    if kind == "notice":
-        return f"{head} {env.notice.level} {env.notice.code}: {env.notice.message}"
-    if kind == "snapshot":
-        return f"{head} as of seq {env.snapshot.as_of_seq}, {len(env.snapshot.chain.quotes)} quotes"
-    if kind == "signal":
-        sig = env.signal
-        return f"{head} {sig.status:<8} {sig.kind:<13} edge ${sig.edge:,.2f}  {sig.explanation}"
-    if kind == "smile":
-        return f"{head} {env.smile.model} forward {env.smile.forward:.2f} rmse {env.smile.rmse:.4f}"
-    if kind == "health":
-        return f"{head} " + ", ".join(f"{c.name}={c.status}" for c in env.health.components)
-    return head
+    results = per_agent(chosen, fetch)
+    for r in results:
+        if r.value is None:
+            continue
+        info, health = r.value
+        if json_out:
+            output.print_json_line(
+                {
+                    **output.message_dict(info),
+                    "health": health,
+                    "agent": r.target.name,
+                    "address": r.target.address,
+                }
+            )
+            continue
+        output.print_kv(
+            f"agent {info.agent_id} at {r.target.address}"
+            + (f" ({r.target.name})" if r.target.name != r.target.address else ""),
+            [
+                ("health", health),
+                ("version", info.version),
+                ("roles", ", ".join(info.roles) or "-"),
+                ("feed", info.feed or "-"),
+                ("session", f"{info.session_date} (closes {ny_time(info.session_close_ns)} NY)"),
+                ("market clock", f"{ny_time(info.clock_ns, with_date=True)} NY at {info.clock_speed:g}x"),
+                ("events", f"seq {info.last_seq} (replayable from {info.oldest_seq})"),
+                ("incarnation", info.incarnation),
+                ("stream clients", str(info.clients)),
+                ("upstream", info.upstream or "-"),
+            ],
+        )
+    finish(results)
 
 
-def _report_state(e: ConnectionEvent) -> None:
-    if e.state in (ConnectionState.RECONNECTING, ConnectionState.FAILED):
-        output.stderr.print(f"[yellow]{e.target}: {e.state.value}: {e.detail}[/]", highlight=False)
+def _check_topics(topics: list[str] | None) -> list[str]:
+    wanted = [t.strip() for t in topics or () if t.strip()]
+    unknown = sorted(set(wanted) - set(TOPICS))
+    if unknown:
+        output.fail(f"unknown topic(s) {', '.join(unknown)}; valid topics: {', '.join(TOPICS)}")
+        raise typer.Exit(output.USAGE)
+    return wanted
 
 
 @app.command()
 def stream(
-    agent: AgentOpt = output.DEFAULT_AGENT,
+    agent: AgentsOpt = None,
+    config: ConfigOpt = None,
     topic: TopicOpt = None,
-    from_seq: Annotated[int, typer.Option("--from-seq", help="resume at this seq (0: snapshot first)")] = 0,
-    count: Annotated[int, typer.Option(help="stop after this many events (0: follow forever)")] = 0,
-    json_out: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+    from_seq: Annotated[
+        int, typer.Option("--from-seq", help="resume at this seq (0: snapshot first; one agent only)")
+    ] = 0,
+    count: Annotated[int, typer.Option(help="stop after this many events (0: follow until Ctrl-C)")] = 0,
+    json_out: Annotated[bool, typer.Option("--json", help="one JSON object (an Envelope) per line")] = False,
 ) -> None:
-    """Print the agent's events as they happen (resumes across disconnects without gaps)."""
+    """Print the agents' events as they happen (resumes across disconnects without gaps)."""
     if from_seq < 0 or count < 0:
         output.fail("--from-seq and --count must be >= 0")
         raise typer.Exit(output.USAGE)
+    topics = _check_topics(topic)
+    _, chosen = targets(agent, config)
+    if from_seq and len(chosen) > 1:
+        output.fail("--from-seq is a position in one agent's stream: choose one agent with --agent")
+        raise typer.Exit(output.USAGE)
+    several = len(chosen) > 1
 
     async def go() -> None:
-        async with client_for(agent) as c:
-            s = ResumingStream(
-                c, topics=topic or (), from_seq=from_seq, on_state=_report_state, client_name="spyctl"
-            )
+        clients = [(t, client_for(t)) for t in chosen]
+        try:
+            await check_reachable(clients)
             n = 0
-            async with contextlib.aclosing(s.__aiter__()) as envelopes:
-                async for env in envelopes:
+            async with contextlib.aclosing(merged_streams(clients, topics, from_seq)) as envelopes:
+                async for target, env in envelopes:
                     if json_out:
-                        output.print_json_line(output.message_dict(env))
+                        output.print_json_line(output.message_dict(env, defaults=False))
                     else:
-                        sys.stdout.write(_summary(env) + "\n")
+                        line = envelope_summary(env)
+                        sys.stdout.write((f"{target.name:<12} {line}" if several else line) + "\n")
+                    sys.stdout.flush()
                     n += 1
                     if count and n >= count:
                         break
-            sys.stdout.flush()
+        finally:
+            for _, c in clients:
+                await c.close()
 
     run(go())
 
 
 @app.command()
 def record(
-    file: Annotated[Path, typer.Argument(help="recording to write (replay it with spy-agent --replay FILE)")],
-    agent: AgentOpt = output.DEFAULT_AGENT,
+    file: Annotated[Path, typer.Argument(help="recording to write (replay it with spyctl replay FILE)")],
+    agent: AgentOpt = None,
+    config: ConfigOpt = None,
     count: Annotated[int, typer.Option(help="stop after this many events (0: until interrupted)")] = 0,
     duration: Annotated[
         float, typer.Option(help="stop after this many seconds (0: until interrupted)")
     ] = 0.0,
 ) -> None:
-    """Write the agent's stream losslessly to FILE, resuming across disconnects."""
-    if count < 0 or duration < 0:
+    """Write one agent's stream losslessly to FILE, resuming across disconnects."""
+    if count < 0 or not math.isfinite(duration) or duration < 0:
         output.fail("--count and --duration must be >= 0")
         raise typer.Exit(output.USAGE)
-    try:
-        writer = RecordingWriter(file)
-    except OSError as exc:
-        output.fail(f"cannot write {file}: {exc}")
-        raise typer.Exit(output.USAGE) from None
+    _, target = one_target(agent, config, "record")
+    writers: list[RecordingWriter] = []
 
     async def go() -> None:
-        async with client_for(agent) as c:
-            s = ResumingStream(c, lossless=True, on_state=_report_state, client_name="spyctl-record")
+        async with client_for(target) as c:
+            await c.info()  # unreachable: exit 3 at once instead of retrying forever
+            try:
+                writers.append(RecordingWriter(file))
+            except OSError as exc:
+                output.fail(f"cannot write {file}: {exc}")
+                raise typer.Exit(output.USAGE) from None
+            writer = writers[0]
+            s = ResumingStream(c, lossless=True, on_state=report_state, client_name="spyctl-record")
             deadline = time.monotonic() + duration if duration else None
             async with contextlib.aclosing(s.__aiter__()) as envelopes:
                 async for env in envelopes:
@@ -162,8 +220,9 @@ def record(
     try:
         run(bounded())
     finally:
-        writer.close()
-        output.stderr.print(f"recorded {writer.count} events to {file}", highlight=False)
+        for writer in writers:
+            writer.close()
+            output.stderr.print(f"recorded {writer.count} events to {file}", highlight=False, markup=False)
 
 
 @app.command()
@@ -256,15 +315,30 @@ def _ratio(x: float) -> str:
 
 
 def _register_agent_command() -> None:
-    from agent.cli import agent_command
+    """``spyctl agent ...`` runs ``spy-agent ...``: the agent code is imported only when it is called, so
+    that every other command (and each shell-completion request) starts quickly."""
 
-    app.command("agent", help="Run an agent (same options as spy-agent).")(agent_command)
+    @app.command(
+        "agent",
+        add_help_option=False,
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    )
+    def agent_cmd(ctx: typer.Context) -> None:
+        """Run an agent (same options as spy-agent; see spyctl agent --help)."""
+        from agent.cli import agent_command
+
+        sub = typer.Typer(add_completion=False)
+        sub.command()(agent_command)
+        typer.main.get_command(sub).main(args=list(ctx.args), prog_name="spyctl agent")
 
 
 _register_agent_command()
+signals.register(app)
 trading.register(app)
 backtest.register(app)
+replay.register(app)
+config_cmd.register(app)
 
 
 def main() -> None:
-    app()
+    app(prog_name="spyctl")

@@ -1,168 +1,237 @@
 """spyctl commands that operate the executor: arm, disarm, halt, flatten, limits, orders, positions.
 
 Every command carries an idempotency key (a fresh one unless ``--key`` is given, so a script can
-retry safely) and the operator's name (``--operator``, default: the login name).
+retry safely) and the operator's name (``--operator``, else the config file's ``operator``, else
+``$SPY_OPERATOR``, else the login name). Commands go to exactly one agent; the read commands (risk,
+pnl, orders, positions, proposals, limits show) show every selected agent.
 """
 
 from __future__ import annotations
 
-import getpass
 import math
 import uuid
-from collections.abc import Iterable
-from typing import Annotated
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from console.cli import output
-from console.cli.common import AgentOpt, client_for, run
+from console.cli.common import (
+    AgentOpt,
+    AgentsOpt,
+    ConfigOpt,
+    JsonOpt,
+    PerAgent,
+    client_for,
+    finish,
+    one_target,
+    per_agent,
+    run,
+    targets,
+    title,
+)
+from console.cli.envelopes import legs_text
+from console.client import AgentClient
+from console.config import AgentTarget
+from console.format import ny_time
 from proto.spyops.v1 import spyops_pb2 as pb
 
 OperatorOpt = Annotated[
-    str, typer.Option("--operator", envvar="SPYCTL_OPERATOR", help="who sends the command (audit trail)")
+    str,
+    typer.Option(
+        "--operator",
+        envvar="SPYCTL_OPERATOR",
+        help="who sends the command (audit trail; default: the config file's operator, "
+        "else $SPY_OPERATOR, else the login name)",
+        show_default=False,
+    ),
 ]
 KeyOpt = Annotated[str | None, typer.Option("--key", help="idempotency key (default: a new one)")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
 
 RIGHTS = {"C": pb.CALL, "CALL": pb.CALL, "P": pb.PUT, "PUT": pb.PUT}
+TRADING_STATES = ("ACTIVE", "REDUCING", "HALTED")
 
 
-def _operator(value: str | None) -> str:
-    return value or getpass.getuser()
+@dataclass(frozen=True)
+class Sender:
+    """Where a command goes and who sends it."""
+
+    target: AgentTarget
+    operator: str
+
+    def command(self, key: str | None) -> pb.Command:
+        return pb.Command(idempotency_key=key or uuid.uuid4().hex, operator=self.operator)
 
 
-def send(agent: str, command: pb.Command, json_out: bool) -> None:
+def sender(agents: list[str] | None, config: Path | None, operator: str, what: str) -> Sender:
+    cfg, target = one_target(agents, config, what)
+    return Sender(target, operator.strip() or cfg.operator)
+
+
+def send(to: Sender, command: pb.Command, json_out: bool) -> None:
     """Send one command and print its result; exit 4 when the executor refused it."""
 
     async def go() -> pb.CommandResult:
-        async with client_for(agent) as c:
+        async with client_for(to.target) as c:
             return await c.execute(command)
 
     result = run(go())
     if json_out:
-        output.print_json_line(output.message_dict(result))
+        output.print_json_line({**output.message_dict(result), "agent": to.target.name})
     else:
         mark = "[green]accepted[/]" if result.accepted else "[red]refused[/]"
         again = " (repeated key: first result)" if result.replayed else ""
-        output.stdout.print(f"{mark} {result.code}: {result.message}{again}", highlight=False)
+        output.stdout.print(
+            f"{mark} {escape(result.code)}: {escape(result.message)}{again}", highlight=False, soft_wrap=True
+        )
         for d in result.denials:
-            output.stdout.print(f"  - {d.code}: {d.reason}", highlight=False)
+            output.stdout.print(f"  - {escape(d.code)}: {escape(d.reason)}", highlight=False, soft_wrap=True)
     if not result.accepted:
         raise typer.Exit(output.REFUSED)
-
-
-def _command(key: str | None, operator: str | None) -> pb.Command:
-    return pb.Command(idempotency_key=key or uuid.uuid4().hex, operator=_operator(operator))
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def arm(
-        agent: AgentOpt = output.DEFAULT_AGENT,
+        agent: AgentOpt = None,
+        config: ConfigOpt = None,
         operator: OperatorOpt = "",
         key: KeyOpt = None,
         json_out: JsonOpt = False,
     ) -> None:
         """Arm the executor: strategy orders may be sent."""
-        cmd = _command(key, operator)
+        to = sender(agent, config, operator, "arm")
+        cmd = to.command(key)
         cmd.set_armed.armed = True
-        send(agent, cmd, json_out)
+        send(to, cmd, json_out)
 
     @app.command()
     def disarm(
-        agent: AgentOpt = output.DEFAULT_AGENT,
+        agent: AgentOpt = None,
+        config: ConfigOpt = None,
         operator: OperatorOpt = "",
         key: KeyOpt = None,
         json_out: JsonOpt = False,
     ) -> None:
         """Disarm the executor: no strategy orders (manual orders and cancels still work)."""
-        cmd = _command(key, operator)
+        to = sender(agent, config, operator, "disarm")
+        cmd = to.command(key)
         cmd.set_armed.armed = False
-        send(agent, cmd, json_out)
+        send(to, cmd, json_out)
 
     @app.command()
     def halt(
-        agent: AgentOpt = output.DEFAULT_AGENT,
+        agent: AgentOpt = None,
+        config: ConfigOpt = None,
         reason: Annotated[str, typer.Option(help="why (recorded)")] = "operator",
         operator: OperatorOpt = "",
         key: KeyOpt = None,
         json_out: JsonOpt = False,
     ) -> None:
         """Kill switch: cancel every working order and block new ones (state HALTED)."""
-        cmd = _command(key, operator)
+        to = sender(agent, config, operator, "halt")
+        cmd = to.command(key)
         cmd.halt.reason = reason
-        send(agent, cmd, json_out)
+        send(to, cmd, json_out)
 
     @app.command()
     def flatten(
-        agent: AgentOpt = output.DEFAULT_AGENT,
+        agent: AgentOpt = None,
+        config: ConfigOpt = None,
         reason: Annotated[str, typer.Option(help="why (recorded)")] = "operator",
         operator: OperatorOpt = "",
         key: KeyOpt = None,
         json_out: JsonOpt = False,
     ) -> None:
         """Close every position with marketable limit orders inside the collar."""
-        cmd = _command(key, operator)
+        to = sender(agent, config, operator, "flatten")
+        cmd = to.command(key)
         cmd.flatten.reason = reason
-        send(agent, cmd, json_out)
+        send(to, cmd, json_out)
 
     @app.command("state")
     def trading_state(
         state: Annotated[str, typer.Argument(help="ACTIVE, REDUCING or HALTED")],
-        agent: AgentOpt = output.DEFAULT_AGENT,
+        agent: AgentOpt = None,
+        config: ConfigOpt = None,
         operator: OperatorOpt = "",
         key: KeyOpt = None,
         json_out: JsonOpt = False,
     ) -> None:
         """Set the trading state."""
-        cmd = _command(key, operator)
-        cmd.set_trading_state.state = state
-        send(agent, cmd, json_out)
+        if state.upper() not in TRADING_STATES:
+            output.fail(f"bad trading state {state!r}: expected one of {', '.join(TRADING_STATES)}")
+            raise typer.Exit(output.USAGE)
+        to = sender(agent, config, operator, "state")
+        cmd = to.command(key)
+        cmd.set_trading_state.state = state.upper()
+        send(to, cmd, json_out)
 
     @app.command()
     def confirm(
         proposal_id: Annotated[str, typer.Argument(help="the proposal's id (spyctl proposals)")],
-        agent: AgentOpt = output.DEFAULT_AGENT,
+        agent: AgentOpt = None,
+        config: ConfigOpt = None,
         operator: OperatorOpt = "",
         key: KeyOpt = None,
         json_out: JsonOpt = False,
     ) -> None:
         """Confirm a playbook proposal: its order goes through the pre-trade checks and out."""
-        cmd = _command(key, operator)
+        to = sender(agent, config, operator, "confirm")
+        cmd = to.command(key)
         cmd.decide_proposal.proposal_id, cmd.decide_proposal.confirm = proposal_id, True
-        send(agent, cmd, json_out)
+        send(to, cmd, json_out)
 
     @app.command()
     def reject(
         proposal_id: Annotated[str, typer.Argument(help="the proposal's id (spyctl proposals)")],
-        agent: AgentOpt = output.DEFAULT_AGENT,
+        agent: AgentOpt = None,
+        config: ConfigOpt = None,
         operator: OperatorOpt = "",
         key: KeyOpt = None,
         json_out: JsonOpt = False,
     ) -> None:
         """Reject a playbook proposal."""
-        cmd = _command(key, operator)
+        to = sender(agent, config, operator, "reject")
+        cmd = to.command(key)
         cmd.decide_proposal.proposal_id, cmd.decide_proposal.confirm = proposal_id, False
-        send(agent, cmd, json_out)
+        send(to, cmd, json_out)
 
     @app.command()
-    def proposals(agent: AgentOpt = output.DEFAULT_AGENT, json_out: JsonOpt = False) -> None:
+    def proposals(agent: AgentsOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
         """Playbook proposals waiting for an operator."""
-        snap = _snapshot(agent)
-        if json_out:
-            for p in snap.proposals:
-                output.print_json_line(output.message_dict(p))
-            return
-        output.print_table(
-            f"{len(snap.proposals)} pending proposals",
-            ["id", "kind", "legs", "qty", "limit", "edge $", "explanation"],
-            [
-                [p.id, p.kind, _legs(p.legs), str(p.quantity), p.limit_price, f"{p.edge:,.2f}", p.explanation]
-                for p in snap.proposals
-            ],
-        )
+        results = _snapshots(agent, config)
+        several = len(results) > 1
+        for r in results:
+            if r.value is None:
+                continue
+            snap = r.value
+            if json_out:
+                for p in snap.proposals:
+                    output.print_json_line(_tagged(p, r.target))
+                continue
+            output.print_table(
+                title(r.target, several, f"{len(snap.proposals)} pending proposals"),
+                ["id", "kind", "legs", "qty", "limit", "edge $", "expires", "explanation"],
+                [
+                    [
+                        p.id,
+                        p.kind,
+                        legs_text(p.legs),
+                        str(p.quantity),
+                        p.limit_price,
+                        f"{p.edge:,.2f}",
+                        ny_time(p.expires_ns),
+                        p.explanation,
+                    ]
+                    for p in snap.proposals
+                ],
+            )
+        finish(results)
 
-    order_app = typer.Typer(no_args_is_help=True, help="Manual orders.")
+    order_app = typer.Typer(no_args_is_help=True, help="Manual orders: submit (or preview) and cancel.")
     app.add_typer(order_app, name="order")
 
     @order_app.command("submit")
@@ -175,158 +244,276 @@ def register(app: typer.Typer) -> None:
         ],
         price: Annotated[str, typer.Option("--price", "-p", help="limit price per unit, on the tick")],
         preview: Annotated[bool, typer.Option(help="only run the pre-trade checks")] = False,
-        agent: AgentOpt = output.DEFAULT_AGENT,
+        agent: AgentOpt = None,
+        config: ConfigOpt = None,
         operator: OperatorOpt = "",
         key: KeyOpt = None,
         json_out: JsonOpt = False,
     ) -> None:
         """Send a limit order (or --preview the pre-trade checks)."""
-        cmd = _command(key, operator)
+        if side.upper() not in ("BUY", "SELL"):
+            output.fail(f"bad side {side!r}: expected BUY or SELL")
+            raise typer.Exit(output.USAGE)
+        if quantity <= 0:
+            output.fail(f"bad quantity {quantity}: expected a positive whole number")
+            raise typer.Exit(output.USAGE)
+        order_legs = parse_legs(legs)
+        to = sender(agent, config, operator, "order submit")
+        cmd = to.command(key)
         o = cmd.submit_order
-        o.side, o.quantity, o.limit_price, o.preview = side.upper(), quantity, price, preview
-        for text in (x.strip() for x in legs.split(",") if x.strip()):
-            sell = text.startswith("-")
-            body = text.lstrip("+-").upper()
-            strike, right = body[:-1], body[-1:]
-            try:
-                o.legs.add(strike=float(strike), right=RIGHTS[right], side="SELL" if sell else "BUY", ratio=1)
-            except (ValueError, KeyError):
-                output.fail(f"bad leg {text!r}: expected STRIKE followed by C or P, e.g. 590C or -595P")
-                raise typer.Exit(output.USAGE) from None
-        send(agent, cmd, json_out)
+        o.side, o.quantity, o.limit_price, o.preview = side.upper(), quantity, price.strip(), preview
+        o.legs.extend(order_legs)
+        send(to, cmd, json_out)
 
     @order_app.command("cancel")
     def order_cancel(
         client_order_id: Annotated[str, typer.Argument(help="the order's client order id")],
-        agent: AgentOpt = output.DEFAULT_AGENT,
+        agent: AgentOpt = None,
+        config: ConfigOpt = None,
         operator: OperatorOpt = "",
         key: KeyOpt = None,
         json_out: JsonOpt = False,
     ) -> None:
         """Cancel a working order."""
-        cmd = _command(key, operator)
+        to = sender(agent, config, operator, "order cancel")
+        cmd = to.command(key)
         cmd.cancel_order.client_order_id = client_order_id
-        send(agent, cmd, json_out)
+        send(to, cmd, json_out)
 
-    limits_app = typer.Typer(no_args_is_help=True, help="Pre-trade risk limits.")
+    limits_app = typer.Typer(no_args_is_help=True, help="Pre-trade risk limits: show and set.")
     app.add_typer(limits_app, name="limits")
 
     @limits_app.command("set")
     def limits_set(
         pairs: Annotated[list[str], typer.Argument(help="NAME=VALUE, e.g. max_order_quantity=5")],
-        agent: AgentOpt = output.DEFAULT_AGENT,
+        agent: AgentOpt = None,
+        config: ConfigOpt = None,
         operator: OperatorOpt = "",
         key: KeyOpt = None,
         json_out: JsonOpt = False,
     ) -> None:
         """Change limits (validated by the executor; nothing changes if one is invalid)."""
-        cmd = _command(key, operator)
+        values: dict[str, str] = {}
         for pair in pairs:
             name, sep, value = pair.partition("=")
-            if not sep or not name:
+            if not sep or not name.strip() or not value.strip():
                 output.fail(f"bad limit {pair!r}: expected NAME=VALUE")
                 raise typer.Exit(output.USAGE)
-            cmd.set_limits.limits[name.strip()] = value.strip()
-        send(agent, cmd, json_out)
+            values[name.strip()] = value.strip()
+        to = sender(agent, config, operator, "limits set")
+        cmd = to.command(key)
+        cmd.set_limits.limits.update(values)
+        send(to, cmd, json_out)
 
     @limits_app.command("show")
-    def limits_show(agent: AgentOpt = output.DEFAULT_AGENT, json_out: JsonOpt = False) -> None:
-        """Limits with their utilisation."""
-        risk(agent, json_out)
+    def limits_show(agent: AgentsOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
+        """Each limit with its utilisation."""
+        results = _snapshots(agent, config)
+        several = len(results) > 1
+        for r in results:
+            if r.value is None:
+                continue
+            lims = r.value.risk.limits
+            if json_out:
+                for lim in lims:
+                    output.print_json_line(_tagged(lim, r.target))
+                continue
+            output.print_table(
+                title(r.target, several, f"{len(lims)} limits"),
+                ["limit", "value", "used", "utilisation"],
+                [[lim.name, _num(lim.value), _num(lim.used), _utilisation(lim)] for lim in lims],
+            )
+        finish(results)
 
     @app.command()
-    def risk(agent: AgentOpt = output.DEFAULT_AGENT, json_out: JsonOpt = False) -> None:
+    def risk(agent: AgentsOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
         """Trading state, armed flag, limits and the day's P&L."""
-        snap = _snapshot(agent)
-        r = snap.risk
-        if json_out:
-            output.print_json_line(output.message_dict(r))
-            return
-        output.print_kv(
-            "risk",
-            [
-                ("trading state", r.trading_state or "-"),
-                ("armed", "yes" if r.armed else "no"),
-                ("realized P&L", f"{r.realized_pnl:,.2f}"),
-                ("unrealized P&L", f"{r.unrealized_pnl:,.2f}"),
-                ("fees", f"{r.fees:,.2f}"),
-                *((lim.name, f"{lim.used:,.2f} of {lim.value:,.2f}") for lim in r.limits),
-            ],
-        )
+        results = _snapshots(agent, config)
+        several = len(results) > 1
+        for res in results:
+            if res.value is None:
+                continue
+            r = res.value.risk
+            if json_out:
+                output.print_json_line(_tagged(r, res.target))
+                continue
+            output.print_kv(
+                title(res.target, several, "risk"),
+                [
+                    ("trading state", r.trading_state or "-"),
+                    ("armed", "yes" if r.armed else "no"),
+                    ("leader", "yes" if r.leader else "no"),
+                    ("realized P&L", f"{r.realized_pnl:,.2f}"),
+                    ("unrealized P&L", f"{r.unrealized_pnl:,.2f}"),
+                    ("fees", f"{r.fees:,.2f}"),
+                    *(
+                        (lim.name, f"{_num(lim.used)} of {_num(lim.value)} ({_utilisation(lim)})")
+                        for lim in r.limits
+                    ),
+                ],
+            )
+        finish(results)
 
     @app.command()
-    def pnl(agent: AgentOpt = output.DEFAULT_AGENT, json_out: JsonOpt = False) -> None:
+    def pnl(agent: AgentsOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
         """The day's P&L: realized, unrealized (marked to mid), fees, net."""
-        r = _snapshot(agent).risk
-        net = r.realized_pnl - r.fees + (r.unrealized_pnl if math.isfinite(r.unrealized_pnl) else 0.0)
-        row = {"realized": r.realized_pnl, "unrealized": r.unrealized_pnl, "fees": r.fees, "net": net}
-        if json_out:
-            output.print_json_line(row)
-            return
-        output.print_kv("P&L ($)", [(k, f"{v:,.2f}") for k, v in row.items()])
+        results = _snapshots(agent, config)
+        several = len(results) > 1
+        for res in results:
+            if res.value is None:
+                continue
+            r = res.value.risk
+            unreal = r.unrealized_pnl if math.isfinite(r.unrealized_pnl) else 0.0
+            net = r.realized_pnl - r.fees + unreal
+            row = {"realized": r.realized_pnl, "unrealized": r.unrealized_pnl, "fees": r.fees, "net": net}
+            if json_out:
+                output.print_json_line({**row, "agent": res.target.name})
+                continue
+            output.print_kv(title(res.target, several, "P&L ($)"), [(k, f"{v:,.2f}") for k, v in row.items()])
+        finish(results)
 
     @app.command()
-    def orders(agent: AgentOpt = output.DEFAULT_AGENT, json_out: JsonOpt = False) -> None:
+    def orders(
+        agent: AgentsOpt = None,
+        config: ConfigOpt = None,
+        working: Annotated[bool, typer.Option("--working", help="only orders still working")] = False,
+        json_out: JsonOpt = False,
+    ) -> None:
         """Today's orders with their state and fills."""
-        snap = _snapshot(agent)
-        if json_out:
-            for o in snap.orders:
-                output.print_json_line(output.message_dict(o))
-            return
-        output.print_table(
-            f"{len(snap.orders)} orders",
-            ["client order id", "state", "legs", "qty", "filled", "limit", "avg", "source", "reason"],
-            [
+        results = _snapshots(agent, config)
+        several = len(results) > 1
+        for r in results:
+            if r.value is None:
+                continue
+            shown = [o for o in r.value.orders if not working or o.state not in FINAL_ORDER_STATES]
+            if json_out:
+                for o in shown:
+                    output.print_json_line(_tagged(o, r.target))
+                continue
+            output.print_table(
+                title(r.target, several, f"{len(shown)} orders"),
                 [
-                    o.client_order_id,
-                    o.state,
-                    _legs(o.legs),
-                    str(o.quantity),
-                    str(o.filled),
-                    o.limit_price,
-                    o.avg_price or "-",
-                    o.source,
-                    o.reason,
-                ]
-                for o in snap.orders
-            ],
-        )
+                    "client order id",
+                    "state",
+                    "legs",
+                    "qty",
+                    "filled",
+                    "limit",
+                    "avg",
+                    "source",
+                    "operator",
+                    "reason",
+                ],
+                [
+                    [
+                        o.client_order_id,
+                        o.state,
+                        legs_text(o.legs),
+                        str(o.quantity),
+                        str(o.filled),
+                        o.limit_price,
+                        o.avg_price or "-",
+                        o.source,
+                        o.operator or "-",
+                        o.reason,
+                    ]
+                    for o in shown
+                ],
+            )
+        finish(results)
 
     @app.command()
-    def positions(agent: AgentOpt = output.DEFAULT_AGENT, json_out: JsonOpt = False) -> None:
-        """Open positions marked to mid."""
-        snap = _snapshot(agent)
-        if json_out:
-            for p in snap.positions:
-                output.print_json_line(output.message_dict(p))
-            return
-        output.print_table(
-            f"{len(snap.positions)} positions",
-            ["contract", "qty", "avg cost", "mark", "unrealized $", "realized $"],
-            [
+    def positions(agent: AgentsOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
+        """Open positions marked to mid, with their greeks."""
+        results = _snapshots(agent, config)
+        several = len(results) > 1
+        for r in results:
+            if r.value is None:
+                continue
+            snap = r.value
+            if json_out:
+                for p in snap.positions:
+                    output.print_json_line(_tagged(p, r.target))
+                continue
+            output.print_table(
+                title(r.target, several, f"{len(snap.positions)} positions"),
                 [
-                    f"{p.expiry} {p.strike:g}{'C' if p.right == pb.CALL else 'P'}",
-                    str(p.quantity),
-                    p.avg_cost,
-                    f"{p.mark:.2f}",
-                    f"{p.unrealized:,.2f}",
-                    f"{p.realized:,.2f}",
-                ]
-                for p in snap.positions
-            ],
-        )
+                    "contract",
+                    "qty",
+                    "avg cost",
+                    "mark",
+                    "unrealized $",
+                    "realized $",
+                    "delta",
+                    "gamma",
+                    "vega",
+                    "theta",
+                ],
+                [
+                    [
+                        f"{p.expiry} {p.strike:g}{'C' if p.right == pb.CALL else 'P'}",
+                        str(p.quantity),
+                        p.avg_cost,
+                        _num(p.mark),
+                        _num(p.unrealized),
+                        _num(p.realized),
+                        _num(p.delta),
+                        _num(p.gamma, 4),
+                        _num(p.vega),
+                        _num(p.theta),
+                    ]
+                    for p in snap.positions
+                ],
+            )
+        finish(results)
 
 
-def _legs(legs: Iterable[pb.Leg]) -> str:
-    return " / ".join(
-        f"{leg.side.lower()} {leg.quantity} {leg.strike:g}{'C' if leg.right == pb.CALL else 'P'}"
-        for leg in legs
-    )
+FINAL_ORDER_STATES = frozenset({"filled", "cancelled", "rejected", "expired"})
 
 
-def _snapshot(agent: str) -> pb.Snapshot:
-    async def go() -> pb.Snapshot:
-        async with client_for(agent) as c:
-            return await c.snapshot()
+def parse_legs(text: str) -> list[pb.OrderLeg]:
+    """``590C`` or ``590C,-595C`` (a leading - sells the leg); exit 2 with the bad leg named."""
+    out: list[pb.OrderLeg] = []
+    for part in (x.strip() for x in text.split(",")):
+        if not part:
+            continue
+        sell = part.startswith("-")
+        body = part.lstrip("+-").upper()
+        strike, right = body[:-1], body[-1:]
+        try:
+            value = float(strike)
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(strike)
+            out.append(
+                pb.OrderLeg(strike=value, right=RIGHTS[right], side="SELL" if sell else "BUY", ratio=1)
+            )
+        except (ValueError, KeyError):
+            output.fail(f"bad leg {part!r}: expected STRIKE followed by C or P, e.g. 590C or -595P")
+            raise typer.Exit(output.USAGE) from None
+    if not out:
+        output.fail("no legs given: expected e.g. 590C or 590C,-595C")
+        raise typer.Exit(output.USAGE)
+    return out
 
-    return run(go())
+
+def _num(x: float, digits: int = 2) -> str:
+    return f"{x:,.{digits}f}" if math.isfinite(x) else "-"
+
+
+def _utilisation(lim: pb.Limit) -> str:
+    if not math.isfinite(lim.value) or not math.isfinite(lim.used) or lim.value == 0:
+        return "-"
+    return f"{100 * abs(lim.used) / abs(lim.value):.0f}%"
+
+
+def _tagged(msg: Any, target: AgentTarget) -> dict[str, Any]:
+    return {**output.message_dict(msg), "agent": target.name}
+
+
+def _snapshots(agents: list[str] | None, config: Path | None) -> list[PerAgent[pb.Snapshot]]:
+    _, chosen = targets(agents, config)
+    return per_agent(chosen, _fetch_snapshot)
+
+
+async def _fetch_snapshot(c: AgentClient) -> pb.Snapshot:
+    return await c.snapshot()
