@@ -26,6 +26,8 @@ IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
 _TUKEY_C = 4.685
+_SVI_SCALE_FLOOR = 0.5
+"""``agent.detector.smile``'s least scale of the SVI robust weights, in half-spreads."""
 ONE_OVER_SQRT_TWO_PI = 0.3989422804014326779399460599343818684758586311649
 SLACK = 1e-9
 """Dollars by which a kernel's "can this rule fire" test is looser than the rule itself."""
@@ -249,7 +251,7 @@ def _svi_weights(resid: FloatArray, base: FloatArray) -> FloatArray:
         if base[i] > 0:
             used[j] = abs(r[i])
             j += 1
-    scale = max(1.4826 * _median(used), 1.0) if m else 1.0
+    scale = max(1.4826 * _median(used), _SVI_SCALE_FLOOR) if m else _SVI_SCALE_FLOOR
     out = np.empty(n)
     for i in range(n):
         u = r[i] / (_TUKEY_C * scale)
@@ -438,7 +440,10 @@ def svi_fit(
     else:
         m0, s0 = state[1] / theta, state[2] / theta
         cand_m, cand_s = _local_grid(m0, s0, 1 if warm else local_grid, dm, ds)
-    if warm:
+    w = base
+    if has_prev:
+        # robust weights against the previous fit: a strike that turns rich or cheap is weighed
+        # against the smile as it was, not against a least-squares fit that already bent to it
         pa, pb, prho, pm, psig = state[7], state[8], state[9], state[10], state[11]
         resid = np.empty(n)
         for i in range(n):
@@ -447,6 +452,7 @@ def svi_fit(
         w = _svi_weights(resid, base)
         if _count(w) < 5:
             w = base
+    if warm:
         best = _svi_solve(z, y, w, cand_m, cand_s)
         moved = (best[3] != m0) or (best[4] != s0)
         f = 1.5 if moved else 0.6
@@ -454,7 +460,6 @@ def svi_fit(
         ds = min(max(ds * f, 0.005), 0.7)
         since_full += 1
     else:
-        w = base
         best = _svi_solve(z, y, w, cand_m, cand_s)
         one_m = np.empty(1)
         one_s = np.empty(1)
@@ -731,6 +736,80 @@ def arbitrage_screen(
     return parity, vertical, fly, box
 
 
+@njit
+def _lower_hull(x: FloatArray, y: FloatArray, idx: IntArray) -> IntArray:
+    """``rules.lower_hull`` step for step (the same passes, the same arithmetic)."""
+    cur = idx.copy()
+    while cur.size > 2:
+        m = cur.size
+        keep = np.ones(m, np.bool_)
+        any_drop = False
+        for t in range(1, m - 1):
+            xl, xm, xr = x[cur[t - 1]], x[cur[t]], x[cur[t + 1]]
+            yl, ym, yr = y[cur[t - 1]], y[cur[t]], y[cur[t + 1]]
+            chord = yl + (yr - yl) * (xm - xl) / (xr - xl)
+            if ym >= chord - 1e-12 * (1.0 + abs(chord)):
+                keep[t] = False
+                any_drop = True
+        if not any_drop:
+            break
+        cur = cur[keep]
+    return cur
+
+
+@njit
+def butterfly_wings(
+    k: FloatArray, bid: FloatArray, ask: FloatArray, need: float
+) -> tuple[IntArray, IntArray, IntArray, FloatArray]:
+    """``rules.butterfly_candidates`` then ``rules.cheapest_wings`` for those bodies, compiled:
+    ``(bodies, left, right, chord)`` with ``left``/``right``/``chord`` indexed by strike."""
+    n = k.size
+    left = np.full(n, -1, np.int64)
+    right = np.full(n, -1, np.int64)
+    val = np.full(n, np.inf)
+    cnt = 0
+    for i in range(n):
+        if math.isfinite(ask[i]):
+            cnt += 1
+    if cnt < 2:
+        return np.zeros(0, np.int64), left, right, val
+    pts = np.empty(cnt, np.int64)
+    j = 0
+    for i in range(n):
+        if math.isfinite(ask[i]):
+            pts[j] = i
+            j += 1
+    hull = _lower_hull(k, ask, pts)
+    hk = k[hull]
+    env = np.interp(k, hk, ask[hull])
+    nb = 0
+    cand = np.zeros(n, np.bool_)
+    for i in range(n):
+        if k[i] > hk[0] and k[i] < hk[-1] and bid[i] - need > env[i]:
+            cand[i] = True
+            nb += 1
+    bodies = np.flatnonzero(cand)
+    for jj in range(nb):
+        b = bodies[jj]
+        kj = k[b]
+        lc = _lower_hull(k, ask, pts[k[pts] < kj])
+        rc = _lower_hull(k, ask, pts[k[pts] > kj])
+        if lc.size == 0 or rc.size == 0:
+            continue
+        best = np.inf
+        bl = -1
+        br = -1
+        for a in range(lc.size):  # row-major, first minimum: np.argmin over the chord matrix
+            kl, al = k[lc[a]], ask[lc[a]]
+            for c in range(rc.size):
+                kr, ar = k[rc[c]], ask[rc[c]]
+                ch = al + (ar - al) * (kj - kl) / (kr - kl)
+                if ch < best or bl < 0:
+                    best, bl, br = ch, lc[a], rc[c]
+        left[b], right[b], val[b] = bl, br, best
+    return bodies, left, right, val
+
+
 # --------------------------------------------------------------------------- relative rules
 
 
@@ -982,6 +1061,7 @@ def _warm_up() -> None:
     )
     bx, ax = exec_book(bid, ask, b2, b2, b2)
     arbitrage_screen(k, bx, ax, 0.65, 100.0, 0.005, 0.01, 1.0, f, f, f)
+    butterfly_wings(k, bid[0], ask[0], 0.0)
     outlier_masks(
         k, f, np.ones(n, np.bool_), bid, bid, bid, ask, b2, b2, b2, ~b2, b2, 0.3, 0.015, 0.0065, 0.15
     )

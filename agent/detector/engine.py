@@ -48,6 +48,10 @@ IntArray = npt.NDArray[np.int64]
 
 NS_PER_CALENDAR_YEAR = 365 * 24 * 3600 * 1_000_000_000
 _TUKEY_C = 4.685
+_SVI_MIN_USED = 5
+"""A smile needs ``smile_min_points`` quotes to be fitted on, and at least this many of them kept by
+the robust fit (SVI's five parameters): late in the day, on six quotes, the one a fit sets aside
+is often the rich or cheap strike it exists to find."""
 _FEED_BAD = int(QuoteFlag.HALTED | QuoteFlag.STALE)
 _CALL_ROW = np.array([[True], [False]])
 _BAD_VALUE = int(QuoteFlag.BAD_VALUE)
@@ -75,7 +79,7 @@ class DetectorOutput:
 
 
 def _published_fit(
-    res: SviResult, tau: float, forward: float, strikes: FloatArray, fit_iv: FloatArray, method: str
+    res: SviResult, tau: float, forward: float, strikes: tuple[float, ...], fit_iv: FloatArray, method: str
 ) -> SmileFit:
     """The fit as the detector publishes it: SVI parameters and the curve sampled at the strikes."""
     p = res.params
@@ -83,7 +87,7 @@ def _published_fit(
         model="svi",
         params={"a": p.a, "b": p.b, "rho": p.rho, "m": p.m, "sigma": p.sigma, "tau": tau},
         forward=forward,
-        strikes=tuple(strikes.tolist()),
+        strikes=strikes,
         ivs=tuple(fit_iv.tolist()),
         rmse=res.rmse_vol,
         n_used=res.n_used,
@@ -123,9 +127,17 @@ class Detector:
         self._smile = SviFitter(config.smile_refit_grid, config.smile_full_refit_every)
         self._tracker = SignalTracker(config.resolve_after_evals, config.resolve_after_ns)
         self._last_eval_ns: int | None = None
+        self._strikes_cache: tuple[FloatArray, tuple[float, ...]] = (np.zeros(0), ())
         self._arb_strikes: FloatArray = np.zeros(0)
         """Strikes of the legs of the previous evaluation's arbitrage findings: left out of the
         smile fit (a handful of points at the close would bend towards a broken quote)."""
+
+    def _strikes_of(self, strikes: FloatArray) -> tuple[float, ...]:
+        """``strikes`` as a tuple, reused while the book's strike array is the same object (the
+        book replaces it on every layout change and never writes into it)."""
+        if self._strikes_cache[0] is not strikes:
+            self._strikes_cache = (strikes, tuple(strikes.tolist()))
+        return self._strikes_cache[1]
 
     def active_signals(self) -> list[Signal]:
         """Every signal that is new or active (not resolved) after the last evaluation."""
@@ -249,7 +261,7 @@ class Detector:
                     )
                     x = np.log(k[fit_idx] / forward)
                     res = self._smile.fit(x, iv_otm[fit_idx], tau, ca.greeks.vega[in_fit], half)
-                    if res is not None and res.n_used >= cfg.smile_min_points:
+                    if res is not None and res.n_used >= _SVI_MIN_USED:
                         used_k = k[fit_idx][res.weights > 0]
                         k_lo, k_hi = float(used_k.min()), float(used_k.max())
                         inside = (k >= k_lo) & (k <= k_hi)  # no extrapolation
@@ -259,7 +271,7 @@ class Detector:
                         x_all = np.log(np.clip(k, k_lo, k_hi) / forward)
                         w_all = np.maximum(res.params.total_variance(x_all), 1e-300)
                         fit_iv = np.sqrt(w_all / tau)
-                        smile = _published_fit(res, tau, forward, k, fit_iv, method)
+                        smile = _published_fit(res, tau, forward, self._strikes_of(k), fit_iv, method)
                 if fit_iv is None and good.any():
                     fit_iv = np.full(n, float(np.median(ca.vol[good])))
             if fit_iv is not None:
@@ -413,14 +425,14 @@ class Detector:
             )
             if fit_idx.size >= cfg.smile_min_points:
                 res = self._smile.fit_compiled(x, iv_otm[fit_idx], tau, vega_fit, half)
-                if res is not None and res.n_used >= cfg.smile_min_points:
+                if res is not None and res.n_used >= _SVI_MIN_USED:
                     used_k = k[fit_idx][res.weights > 0]
                     k_lo, k_hi = float(used_k.min()), float(used_k.max())
                     inside = (k >= k_lo) & (k <= k_hi)  # no extrapolation
                     p = res.params
                     params = np.array([p.a, p.b, p.rho, p.m, p.sigma])
                     fit_iv = K.svi_vols(k, forward, tau, params, k_lo, k_hi)  # flat beyond the fit
-                    smile = _published_fit(res, tau, forward, k, fit_iv, method)
+                    smile = _published_fit(res, tau, forward, self._strikes_of(k), fit_iv, method)
             if fit_iv is None and n_iv:
                 fit_iv = np.full(n, float(np.median(iv_otm[np.isfinite(iv_otm)])))
 
@@ -493,7 +505,9 @@ class Detector:
                 quote_ts=st.asof,
                 max_leg_skew_ns=cfg.max_leg_skew_ns,
             )
-            arb, n_combos = find_arbitrage(book, fold=cfg.fold_related, families=families)
+            arb, n_combos = find_arbitrage(
+                book, fold=cfg.fold_related, families=families, wings=K.butterfly_wings
+            )
             findings.extend(arb)
             for f in arb:
                 for leg in f.legs:

@@ -23,7 +23,9 @@ must also hold against the chain-implied forward (``S ~ D F``), because the unde
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -58,12 +60,18 @@ class Book:
     max_leg_skew_ns: int = 0  # legs quoted further apart than this are not one trade (0: no check)
 
 
-@dataclass(frozen=True, slots=True)
-class _Combo:
+class _Combo(NamedTuple):  # a tuple: built by the hundred when one quote breaks a bound
     kind: str
     legs: tuple[tuple[int, int, Side, int], ...]  # (right row, strike index, side, quantity)
     edge: float  # per unit, dollars, after costs
-    why: str
+    why_format: str
+    why_args: tuple[object, ...]
+    """The explanation, formatted only for the combinations that are reported (a broken quote can
+    violate a bound with a hundred partners, and formatting them all was most of the cost)."""
+
+    @property
+    def why(self) -> str:
+        return self.why_format.format(*self.why_args)
 
 
 def _prefix_argmin(v: FloatArray) -> tuple[FloatArray, IntArray]:
@@ -106,23 +114,21 @@ def _combos_parity_intrinsic(b: Book) -> list[_Combo]:
         put_ex = (k - max(b.und_ask, fs)) - pa - c - s_cost
     thr = b.min_edge / m
     for j in np.flatnonzero(e_rich > thr).tolist():
-        why = (
-            f"synthetic rich at {k[j]:g}: call bid {cb[j]:.2f} - put ask {pa[j]:.2f} exceeds "
-            f"S ask {b.und_ask:.2f} - K*D (forward S~{fs:.2f})"
-        )
-        out.append(_Combo("parity", ((0, j, "SELL", 1), (1, j, "BUY", 1)), float(e_rich[j]) * m, why))
+        why = "synthetic rich at {:g}: call bid {:.2f} - put ask {:.2f} exceeds S ask {:.2f} - K*D (forward S~{:.2f})"
+        args: tuple[object, ...] = (k[j], cb[j], pa[j], b.und_ask, fs)
+        out.append(_Combo("parity", ((0, j, "SELL", 1), (1, j, "BUY", 1)), float(e_rich[j]) * m, why, args))
     for j in np.flatnonzero(e_cheap > thr).tolist():
-        why = (
-            f"synthetic cheap at {k[j]:g}: call ask {ca[j]:.2f} - put bid {pb[j]:.2f} below "
-            f"S bid {b.und_bid:.2f} - K (forward S~{fs:.2f})"
-        )
-        out.append(_Combo("parity", ((0, j, "BUY", 1), (1, j, "SELL", 1)), float(e_cheap[j]) * m, why))
+        why = "synthetic cheap at {:g}: call ask {:.2f} - put bid {:.2f} below S bid {:.2f} - K (forward S~{:.2f})"
+        args = (k[j], ca[j], pb[j], b.und_bid, fs)
+        out.append(_Combo("parity", ((0, j, "BUY", 1), (1, j, "SELL", 1)), float(e_cheap[j]) * m, why, args))
     for j in np.flatnonzero(call_ex > thr).tolist():
-        why = f"call {k[j]:g} offered at {ca[j]:.2f}, below its exercise value {b.und_bid - k[j]:.2f}"
-        out.append(_Combo("intrinsic", ((0, j, "BUY", 1),), float(call_ex[j]) * m, why))
+        why = "call {:g} offered at {:.2f}, below its exercise value {:.2f}"
+        args = (k[j], ca[j], b.und_bid - k[j])
+        out.append(_Combo("intrinsic", ((0, j, "BUY", 1),), float(call_ex[j]) * m, why, args))
     for j in np.flatnonzero(put_ex > thr).tolist():
-        why = f"put {k[j]:g} offered at {pa[j]:.2f}, below its exercise value {k[j] - b.und_ask:.2f}"
-        out.append(_Combo("intrinsic", ((1, j, "BUY", 1),), float(put_ex[j]) * m, why))
+        why = "put {:g} offered at {:.2f}, below its exercise value {:.2f}"
+        args = (k[j], pa[j], k[j] - b.und_ask)
+        out.append(_Combo("intrinsic", ((1, j, "BUY", 1),), float(put_ex[j]) * m, why, args))
     return out
 
 
@@ -140,21 +146,23 @@ def _combos_box(b: Book) -> list[_Combo]:
         # short box (sell C1, buy C2, sell P2, buy P1) pays at most K2 - K1 D
         left_short, arg_short = _prefix_argmax(cb - pa + k * d)
         e_short = left_short + (pb - ca - k) - c4
-    for j in np.flatnonzero(e_long > thr):
-        i = int(arg_long[j])
-        why = f"long box {k[i]:g}/{k[j]:g} costs less than its American floor K2*D - K1"
+    # a broken quote can make a box with every other strike: plain Python values in the loops
+    kl = k.tolist()
+    js = np.flatnonzero(e_long > thr)
+    why = "long box {:g}/{:g} costs less than its American floor K2*D - K1"
+    for j, i, e in zip(js.tolist(), arg_long[js].tolist(), e_long[js].tolist(), strict=True):
         legs: tuple[tuple[int, int, Side, int], ...] = (
             (0, i, "BUY", 1),
-            (0, int(j), "SELL", 1),
-            (1, int(j), "BUY", 1),
+            (0, j, "SELL", 1),
+            (1, j, "BUY", 1),
             (1, i, "SELL", 1),
         )
-        out.append(_Combo("box", legs, float(e_long[j]) * m, why))
-    for j in np.flatnonzero(e_short > thr):
-        i = int(arg_short[j])
-        why = f"short box {k[i]:g}/{k[j]:g} pays more than its American cap K2 - K1*D"
-        legs = ((0, i, "SELL", 1), (0, int(j), "BUY", 1), (1, int(j), "SELL", 1), (1, i, "BUY", 1))
-        out.append(_Combo("box", legs, float(e_short[j]) * m, why))
+        out.append(_Combo("box", legs, e * m, why, (kl[i], kl[j])))
+    js = np.flatnonzero(e_short > thr)
+    why = "short box {:g}/{:g} pays more than its American cap K2 - K1*D"
+    for j, i, e in zip(js.tolist(), arg_short[js].tolist(), e_short[js].tolist(), strict=True):
+        legs = ((0, i, "SELL", 1), (0, j, "BUY", 1), (1, j, "SELL", 1), (1, i, "BUY", 1))
+        out.append(_Combo("box", legs, e * m, why, (kl[i], kl[j])))
     return out
 
 
@@ -171,29 +179,41 @@ def _combos_vertical(b: Book) -> list[_Combo]:
         e = cb - best - c2
         for j in np.flatnonzero(e > thr):
             i = int(arg[j])
-            why = f"call {k[j]:g} bid {cb[j]:.2f} above call {k[i]:g} ask {ca[i]:.2f} (calls must fall with strike)"
-            out.append(_Combo("vertical", ((0, int(j), "SELL", 1), (0, i, "BUY", 1)), float(e[j]) * m, why))
+            why = "call {:g} bid {:.2f} above call {:g} ask {:.2f} (calls must fall with strike)"
+            args: tuple[object, ...] = (k[j], cb[j], k[i], ca[i])
+            out.append(
+                _Combo("vertical", ((0, int(j), "SELL", 1), (0, i, "BUY", 1)), float(e[j]) * m, why, args)
+            )
         # calls, i < j: C(i) - C(j) <= K(j) - K(i): sell C(i), buy C(j)
         best, arg = _prefix_argmax(cb + k)
         e = best - (ca + k) - c2
         for j in np.flatnonzero(e > thr):
             i = int(arg[j])
-            why = f"call spread {k[i]:g}/{k[j]:g} bid {cb[i] - ca[j]:.2f} above its width {k[j] - k[i]:g}"
-            out.append(_Combo("vertical", ((0, i, "SELL", 1), (0, int(j), "BUY", 1)), float(e[j]) * m, why))
+            why = "call spread {:g}/{:g} bid {:.2f} above its width {:g}"
+            args = (k[i], k[j], cb[i] - ca[j], k[j] - k[i])
+            out.append(
+                _Combo("vertical", ((0, i, "SELL", 1), (0, int(j), "BUY", 1)), float(e[j]) * m, why, args)
+            )
         # puts, i < j: P(j) >= P(i): sell P(i) at bid, buy P(j) at ask
         best, arg = _prefix_argmax(pb)
         e = best - pa - c2
         for j in np.flatnonzero(e > thr):
             i = int(arg[j])
-            why = f"put {k[i]:g} bid {pb[i]:.2f} above put {k[j]:g} ask {pa[j]:.2f} (puts must rise with strike)"
-            out.append(_Combo("vertical", ((1, i, "SELL", 1), (1, int(j), "BUY", 1)), float(e[j]) * m, why))
+            why = "put {:g} bid {:.2f} above put {:g} ask {:.2f} (puts must rise with strike)"
+            args = (k[i], pb[i], k[j], pa[j])
+            out.append(
+                _Combo("vertical", ((1, i, "SELL", 1), (1, int(j), "BUY", 1)), float(e[j]) * m, why, args)
+            )
         # puts, i < j: P(j) - P(i) <= K(j) - K(i): sell P(j), buy P(i)
         best, arg = _prefix_argmin(pa - k)
         e = (pb - k) - best - c2
         for j in np.flatnonzero(e > thr):
             i = int(arg[j])
-            why = f"put spread {k[i]:g}/{k[j]:g} bid {pb[j] - pa[i]:.2f} above its width {k[j] - k[i]:g}"
-            out.append(_Combo("vertical", ((1, int(j), "SELL", 1), (1, i, "BUY", 1)), float(e[j]) * m, why))
+            why = "put spread {:g}/{:g} bid {:.2f} above its width {:g}"
+            args = (k[i], k[j], pb[j] - pa[i], k[j] - k[i])
+            out.append(
+                _Combo("vertical", ((1, int(j), "SELL", 1), (1, i, "BUY", 1)), float(e[j]) * m, why, args)
+            )
     return out
 
 
@@ -269,7 +289,28 @@ def butterfly_candidates(k: FloatArray, bid: FloatArray, ask: FloatArray, need: 
     return np.flatnonzero(cand)
 
 
-def _combos_butterfly(b: Book) -> list[_Combo]:
+WingsFn = Callable[
+    [FloatArray, FloatArray, FloatArray, float], tuple[IntArray, IntArray, IntArray, FloatArray]
+]
+"""``(strikes, bids, asks, need) -> (bodies, left, right, chord)``: the butterfly bodies that may
+sell at ``bid - need`` above a pair of wings, and for each (indexed by strike) the wings whose
+ask chord at the body's strike is lowest, and that chord."""
+
+
+def butterfly_wings(
+    k: FloatArray, bid: FloatArray, ask: FloatArray, need: float
+) -> tuple[IntArray, IntArray, IntArray, FloatArray]:
+    """:func:`butterfly_candidates`, then :func:`cheapest_wings` of those bodies (a :data:`WingsFn`;
+    ``agent.detector._kernels.butterfly_wings`` is the compiled one)."""
+    bodies = butterfly_candidates(k, bid, ask, need)
+    if bodies.size == 0:
+        n = k.size
+        return bodies, np.full(n, -1, np.int64), np.full(n, -1, np.int64), np.full(n, np.inf)
+    li, ri, chord = cheapest_wings(k, ask, bodies)
+    return bodies, li, ri, chord
+
+
+def _combos_butterfly(b: Book, wings: WingsFn = butterfly_wings) -> list[_Combo]:
     m, k = b.multiplier, b.strikes
     c = b.commission / m
     thr = b.min_edge / m
@@ -277,10 +318,9 @@ def _combos_butterfly(b: Book) -> list[_Combo]:
     cents = np.rint(k * 100.0).astype(np.int64)
     for r, name in ((0, "call"), (1, "put")):
         bid, ask = b.bid[r], b.ask[r]
-        bodies = butterfly_candidates(k, bid, ask, 2 * c + thr)
+        bodies, li, ri, chord = wings(k, bid, ask, 2 * c + thr)
         if bodies.size == 0:
             continue
-        li, ri, chord = cheapest_wings(k, ask, bodies)
         for j in bodies.tolist():
             if not bid[j] - chord[j] - 2 * c > thr:
                 continue
@@ -293,15 +333,16 @@ def _combos_butterfly(b: Book) -> list[_Combo]:
             if edge <= b.min_edge:
                 continue
             why = (
-                f"{name} butterfly {k[i]:g}/{k[j]:g}/{k[mm]:g}: body bid {bid[j]:.2f} above the wings' "
-                f"ask {chord[j]:.2f} at that strike (prices must be convex in strike)"
+                "{} butterfly {:g}/{:g}/{:g}: body bid {:.2f} above the wings' "
+                "ask {:.2f} at that strike (prices must be convex in strike)"
             )
             legs: tuple[tuple[int, int, Side, int], ...] = (
                 (r, j, "SELL", qj),
                 (r, i, "BUY", qi),
                 (r, mm, "BUY", qm),
             )
-            out.append(_Combo("butterfly", legs, float(edge), why))
+            args = (name, k[i], k[j], k[mm], bid[j], chord[j])
+            out.append(_Combo("butterfly", legs, float(edge), why, args))
     return out
 
 
@@ -324,20 +365,24 @@ def _group(
         for cmb in items:
             for r, i, _, _ in cmb.legs:
                 counts[(r, i)] = counts.get((r, i), 0) + 1
-        groups: dict[str, tuple[_Combo, tuple[int, int]]] = {}
+        # grouped by the culprit's (row, strike index); a parity anchor names the strike alone
+        groups: dict[tuple[int, int], tuple[_Combo, tuple[int, int]]] = {}
         for cmb in items:
-            best = max(
-                cmb.legs,
-                key=lambda leg: (counts[(leg[0], leg[1])], (leg[0], leg[1]) in covered, leg[2] == "SELL"),
-            )
-            culprit = (best[0], best[1])
-            anchor = f"{k[best[1]]:g}" if kind == "parity" else f"{k[best[1]]:g}{'CP'[best[0]]}"
-            if anchor not in groups or cmb.edge > groups[anchor][0].edge:
-                groups[anchor] = (cmb, culprit)
+            # the first leg with the largest (count, already covered, sold): max() without a key call
+            culprit, top = (-1, -1), (-1, False, False)
+            for r, i, side, _ in cmb.legs:
+                ri = (r, i)
+                rank = (counts[ri], ri in covered, side == "SELL")
+                if rank > top:
+                    culprit, top = ri, rank
+            key = (-1, culprit[1]) if kind == "parity" else culprit
+            if key not in groups or cmb.edge > groups[key][0].edge:
+                groups[key] = (cmb, culprit)
         new_cover: set[tuple[int, int]] = set()
-        for anchor, (cmb, culprit) in sorted(groups.items(), key=lambda item: -item[1][0].edge):
+        for key, (cmb, culprit) in sorted(groups.items(), key=lambda item: -item[1][0].edge):
             if fold and culprit in covered:
                 continue
+            anchor = f"{k[key[1]]:g}" if key[0] < 0 else f"{k[key[1]]:g}{'CP'[key[0]]}"
             kept.append((kind, anchor, cmb))
             new_cover.update((r, i) for r, i, _, _ in cmb.legs)
         covered |= new_cover
@@ -352,8 +397,18 @@ def leg_skew_ns(b: Book, legs: tuple[tuple[int, int, Side, int], ...]) -> int:
     return max(stamps) - min(stamps) if len(stamps) > 1 else 0
 
 
+def _skew(stamps: list[list[int]], legs: tuple[tuple[int, int, Side, int], ...]) -> int:
+    """:func:`leg_skew_ns` on the stamps as nested lists."""
+    ts = [t for t in (stamps[r][i] for r, i, _, _ in legs) if t > 0]
+    return max(ts) - min(ts) if len(ts) > 1 else 0
+
+
 def find_arbitrage(
-    b: Book, *, fold: bool = True, families: tuple[bool, bool, bool, bool] = (True, True, True, True)
+    b: Book,
+    *,
+    fold: bool = True,
+    families: tuple[bool, bool, bool, bool] = (True, True, True, True),
+    wings: WingsFn = butterfly_wings,
 ) -> tuple[list[Finding], int]:
     """Every static arbitrage of the book, one finding per culprit contract and kind.
 
@@ -369,13 +424,14 @@ def find_arbitrage(
     legs and the edge they *would* have.
 
     ``families`` (parity and exercise value, vertical, butterfly, box) skips the families a screen
-    (``agent.detector._kernels.arbitrage_screen``) has shown to have no violating combination.
+    (``agent.detector._kernels.arbitrage_screen``) has shown to have no violating combination;
+    ``wings`` finds the butterflies' bodies and wings (:data:`WingsFn`).
     """
     parity, vertical, butterfly, box = families
     combos = (
         (_combos_parity_intrinsic(b) if parity else [])
         + (_combos_vertical(b) if vertical else [])
-        + (_combos_butterfly(b) if butterfly else [])
+        + (_combos_butterfly(b, wings) if butterfly else [])
         + (_combos_box(b) if box else [])
     )
     if not combos:
@@ -383,8 +439,9 @@ def find_arbitrage(
     skewed: list[tuple[_Combo, int]] = []
     if b.quote_ts is not None and b.max_leg_skew_ns > 0:
         synced: list[_Combo] = []
+        stamps = b.quote_ts.tolist()  # plain ints: indexing them is a fraction of numpy's cost
         for cmb in combos:
-            gap = leg_skew_ns(b, cmb.legs)
+            gap = _skew(stamps, cmb.legs)
             if gap > b.max_leg_skew_ns:
                 skewed.append((cmb, gap))
             else:

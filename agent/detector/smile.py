@@ -10,8 +10,17 @@ fit costs tens of microseconds and tracks the smile through the day.
 
 Weights: residuals are measured in *half-spreads of price* (``vega * d_iv / half_spread``), so a
 tight near-the-money quote counts more than a wide wing, and Tukey's biweight on those residuals
-(scale: MAD, at least one half-spread) gives an outlier zero weight: a rich or cheap strike does
-not bend the curve it is measured against.
+(scale: MAD, at least half a half-spread) gives an outlier zero weight: a rich or cheap strike does
+not bend the curve it is measured against. Two details make that hold late in the day, when the
+smile rests on six to nine two-sided strikes and five parameters could follow any one of them:
+
+* the first robust weights of every update are taken against the *previous* fit (a strike that
+  has just turned rich or cheap is weighed against the smile as it was), not against an unweighted
+  least-squares fit that has already bent towards it;
+* the scale's floor is half a half-spread (Tukey's cut at about 2.3 half-spreads): an outlier
+  the detector can report has its executable side beyond the smile, so its mid is beyond it by a
+  half-spread plus the margin, two to three half-spreads; a floor of one half-spread (cut at 4.7)
+  never rejected it. Clean mids sit well inside a half-spread of a good fit.
 
 Arbitrage awareness: ``b >= 0``, ``|rho| < 1`` and ``a + b sigma sqrt(1 - rho^2) >= 0`` (no negative
 variance) are enforced on every candidate. The curve is computed in ``z = x / theta`` with
@@ -29,6 +38,8 @@ import numpy.typing as npt
 FloatArray = npt.NDArray[np.float64]
 
 _TUKEY_C = 4.685
+_SCALE_FLOOR = 0.5
+"""Least scale of the robust weights, in half-spreads (see the module docstring)."""
 # the first fit's (m, sigma) grid, flattened as np.meshgrid(..., indexing="ij").ravel() lays it out
 _GRID_M = np.repeat(np.linspace(-1.5, 1.5, 13), 13)
 _GRID_S = np.tile(np.geomspace(0.05, 4.0, 13), 13)
@@ -94,14 +105,14 @@ class SviFitter:
     def _robust(
         self, z: FloatArray, y: FloatArray, base: FloatArray, p: tuple[float, float, float, float, float]
     ) -> FloatArray:
-        """Tukey biweights of the residuals (in half-spreads) against ``p``; scale MAD, >= 1."""
+        """Tukey biweights of the residuals (in half-spreads) against ``p``; scale MAD, >= 0.5."""
         return self._weights(y - self._eval(z, p), base)
 
     @staticmethod
     def _weights(resid: FloatArray, base: FloatArray) -> FloatArray:
         r = np.sqrt(base) * resid
         used = np.abs(r[base > 0])
-        scale = max(1.4826 * median(used), 1.0) if used.size else 1.0
+        scale = max(1.4826 * median(used), _SCALE_FLOOR) if used.size else _SCALE_FLOOR
         u = r / (_TUKEY_C * scale)
         out: FloatArray = base * np.where(np.abs(u) < 1.0, (1.0 - u * u) ** 2, 0.0)
         return out
@@ -173,19 +184,22 @@ class SviFitter:
             off = np.arange(-g, g + 1, dtype=np.float64)
             mg, sg = np.meshgrid(m0 + off * self._dm, s0 * np.exp(off * self._ds), indexing="ij")
             cand_m, cand_s = mg.ravel(), np.clip(sg.ravel(), 1e-3, 50.0)
-        if warm and prev is not None:
-            # warm update: the robust weights from the previous solution's (m, sigma), then one
-            # local search with them (two small solves instead of a full robust fit)
+        w = base
+        if prev is not None:
+            # robust weights against the previous fit: a strike that turns rich or cheap is weighed
+            # against the smile as it was, not against a least-squares fit that already bent to it
             w = self._weights(y - prev.total_variance(x) / (theta * theta), base)
             if np.count_nonzero(w) < 5:
                 w = base
+        if warm and prev is not None:
+            # warm update: those weights, then one local search with them (two small solves
+            # instead of a full robust fit)
             new = self._solve(z, y, w, cand_m, cand_s)
             moved = (new[3] != m0) or (new[4] != s0)
             best = new
             self._adapt(moved)
             self._since_full += 1
         else:
-            w = base
             best = self._solve(z, y, w, cand_m, cand_s)
             for _ in range(3):
                 w = self._robust(z, y, base, best)

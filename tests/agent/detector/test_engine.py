@@ -332,3 +332,45 @@ def test_folding_incremental_updates_gives_the_book_of_one_full_update() -> None
     assert a.strikes[0] == 577.0
     for name in ("present", "bid", "ask", "bid_size", "ask_size", "flags", "ts"):
         assert np.array_equal(getattr(a, name), getattr(b, name), equal_nan=True), name
+
+
+def test_a_snapshot_of_the_same_strikes_replaces_the_book_without_a_relayout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A full update quoting the strikes already laid out keeps the layout (no history remap) yet
+    replaces the book: a contract it leaves out is gone, a changed quote is a change, an unchanged
+    one keeps its price-change time; the same book and histories as the general path (rebuild the
+    layout, remap every history onto it)."""
+    from agent.detector import state as state_module
+
+    q = fair_chain(STRIKES)
+    second = dict(q)
+    del second[(590.0, Right.PUT)]
+    c585 = q[(585.0, Right.CALL)]
+    second[(585.0, Right.CALL)] = quote(585.0, Right.CALL, c585.bid + 0.05, c585.ask + 0.05)
+    det = Detector(DetectorConfig(), DAY)
+    det.on_chain(update(q), und(), NOW)
+    strikes_before = det._state.strikes
+    det.on_chain(update(second), und(), NOW + 1_000_000)
+    st = det._state
+    assert st.strikes is strikes_before  # same layout object: no relayout
+    assert not st.layout_changed
+    i590 = int(np.searchsorted(st.strikes, 590.0))
+    i585 = int(np.searchsorted(st.strikes, 585.0))
+    assert not st.present[1, i590]
+    assert math.isnan(st.bid[1, i590])
+    assert st.present[0, i590]
+    assert st.price_changed[0, i585]
+    assert not st.price_changed[0, i590]
+    assert st.history.price_change_ns[0, i585] == NOW + 1_000_000
+    assert st.history.price_change_ns[0, i590] == NOW
+    ref = Detector(DetectorConfig(), DAY)
+    ref.on_chain(update(q), und(), NOW)
+    monkeypatch.setattr(state_module, "_same_strikes", lambda quoted, laid_out: False)
+    ref.on_chain(update(second), und(), NOW + 1_000_000)
+    r = ref._state
+    assert r.layout_changed  # the general path
+    for name in ("present", "bid", "ask", "bid_size", "ask_size", "flags", "ts", "asof", "price_changed"):
+        assert np.array_equal(getattr(st, name), getattr(r, name), equal_nan=True), name
+    for name in ("price_change_ns", "ref_und", "moved_since_ns", "iv_prev", "iv_n", "vol_rate"):
+        assert np.array_equal(getattr(st.history, name), getattr(r.history, name), equal_nan=True), name

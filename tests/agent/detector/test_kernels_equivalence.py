@@ -136,3 +136,26 @@ def test_the_numpy_path_is_used_with_a_warning_when_the_kernels_do_not_compile(
     assert det.compiled is False
     with pytest.raises(RuntimeError, match="not available"):
         Detector(DetectorConfig(), DAY, compiled=True)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_compiled_butterfly_wings_match_the_rules(seed: int) -> None:
+    """The compiled bodies-and-wings search against ``rules.butterfly_wings`` on random, mostly
+    convex ask curves with holes (missing asks) and bids pushed above them here and there."""
+    from agent.detector import rules
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(3, 60))
+    k = np.sort(rng.choice(np.arange(500.0, 640.0, 0.5), n, replace=False))
+    val = np.maximum(575.0 - k, 0.0) + 3.0 * np.exp(-(((k - 575.0) / 8.0) ** 2))
+    ask = val + rng.uniform(0.01, 0.2, n)
+    ask[rng.random(n) < 0.15] = np.inf
+    bid = val - rng.uniform(0.0, 0.2, n)
+    bumped = rng.random(n) < 0.2
+    bid[bumped] += rng.uniform(0.0, 1.0, int(bumped.sum()))
+    bid[rng.random(n) < 0.1] = -np.inf
+    for need in (0.0, 0.0131):
+        want = rules.butterfly_wings(k, bid, ask, need)
+        got = _kernels.butterfly_wings(k, bid, ask, need)
+        for w, g in zip(want, got, strict=True):
+            np.testing.assert_array_equal(w, g)

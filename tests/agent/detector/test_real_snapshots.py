@@ -109,9 +109,25 @@ def test_smile_outliers_stay_under_two_percent_and_the_fit_is_published(path: Pa
     [(FILE_0317, 0.85), (FILE_0326, 0.75)],
 )
 def test_our_iv_of_ib_model_price_against_ib_model_iv(path: Path, ok_share: float) -> None:
-    """IB's model vols are per calendar year (365 days) with expiry later than the 16:00 close;
-    ours per trading year (252 x 390 minutes) to the close. Converting at equal total variance with
-    IB counting to 16:16 New York gives the printed distribution (vol points, ours - IB's)."""
+    """Our IV of IB's model price (at IB's model underlying) against IB's model IV.
+
+    Conventions: IB's model vols are per calendar year (365 days) and count to about 16:16 New
+    York, not to the 16:00 close: solving IB's own out-of-the-money rows for the time that makes
+    price, underlying and vol agree gives a median of 21 minutes at 15:55:22 on 03-26 (16:16) and
+    144 minutes at 13:55:08 on 03-17 (16:19; the rows of that file scatter from 97 to 219 minutes,
+    their ticks are up to 14 s apart). Ours are per trading year (252 x 390 minutes) to the close.
+    Converting at equal total variance with 16:16 gives the printed distributions (vol points,
+    ours - IB's).
+
+    What remains: out of the money the two agree (median +0.1 on 03-17, +0.4 on 03-26). The
+    03-17 file's in-the-money rows (29 of its 38) do not: IB's model price there was not computed at
+    the underlying the row reports. Its deep in-the-money puts are priced at exactly ``K -
+    566.823`` (no time value) and its deep calls at ``566.843 - K`` while the same rows say
+    ``model_undPrice`` 567.334, so against 567.334 they carry about $0.5 of time value that is not
+    there, and our IV of it is 10-30 points above IB's; no time-to-expiry or rate convention
+    reconciles that (the time that fits each such row ranges from 90 to 570 minutes). IB's vols
+    for those rows (0.6 to 1.3 on deep puts) are not an implied vol of that price either.
+    """
     rows = [r for r in raw_rows(path).values() if r["model_optPrice"] not in ("", "-1")]
     rows = [
         r for r in rows if r["model_impliedVol"] not in ("", "-1") and r["model_undPrice"] not in ("", "-1")
@@ -131,12 +147,31 @@ def test_our_iv_of_ib_model_price_against_ib_model_iv(path: Path, ok_share: floa
     ib_ours = ib * math.sqrt(tau_ib / tau)
     extrinsic = price - np.maximum(np.where(call, und - k, k - und), 0.0)
     sel = ours.ok & (extrinsic >= 0.05)  # IB's model prices are float32: below that, rounding rules
-    diff = (ours.vol - ib_ours)[sel] * 100.0
-    pct = np.percentile(diff, [5, 25, 50, 75, 95])
-    print(
-        f"\n{path.name}: {int(sel.sum())} options, ours - IB (vol points) p5/25/50/75/95 = {np.round(pct, 2)}"
-    )
-    assert np.isfinite(diff).all()
+    otm = np.where(call, k >= und, k <= und)
+    diff = (ours.vol - ib_ours) * 100.0
+    for name, m in (("all", sel), ("out of the money", sel & otm), ("in the money", sel & ~otm)):
+        pct = np.percentile(diff[m], [5, 25, 50, 75, 95])
+        print(
+            f"\n{path.name}: {name}: {int(m.sum())} options, ours - IB (vol points) "
+            f"p5/25/50/75/95 = {np.round(pct, 2)}",
+            end="",
+        )
+    print()
+    assert np.isfinite(diff[sel]).all()
+    assert np.count_nonzero(sel & otm) >= 5
+    assert abs(float(np.median(diff[sel & otm]))) < 1.0
+
+
+def test_0317_ib_model_prices_in_the_money_use_another_underlying() -> None:
+    """The evidence for what the IV comparison leaves unexplained on 03-17 (see above): deep in the
+    money, IB's model price is the intrinsic value at 566.82, not at the row's 567.334 (16 of the
+    18 puts struck 576-595; the other two, 575 and 589, are priced at 567.31)."""
+    rows = [r for r in raw_rows(FILE_0317).values() if r["model_optPrice"] not in ("", "-1")]
+    deep_puts = [r for r in rows if r["right"] == "P" and float(r["strike"]) >= 575.0]
+    assert len(deep_puts) == 21
+    priced_at = [float(r["strike"]) - float(r["model_optPrice"]) for r in deep_puts]
+    assert sum(abs(u - 566.822) < 0.005 for u in priced_at) >= 16
+    assert all(float(r["model_undPrice"]) == pytest.approx(567.334, abs=1e-3) for r in deep_puts)
 
 
 def signal_legs_are_clean(s: Signal) -> bool:

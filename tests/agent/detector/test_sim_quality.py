@@ -5,8 +5,8 @@ runs below (four seeds, each at another time of day, 1500 steps of 250 ms, one i
 cycling through the kinds), and no arbitrage, crossed, smile-outlier or volume-spike signal on clean
 runs. Figures are printed with ``-s``. The simulator labels only what is observable (a smile outlier
 beyond the smile by a clear margin and free of static arbitrage, a stale quote once its value has
-moved, a spike well above any ordinary flow); the wider measurement (8 seeds x 09:45, 12:00 and
-15:30) lives in the detector's notes.
+moved, a spike well above any ordinary flow). Smile outliers at 15:30 are the hard case (a smile
+fitted on six to nine strikes); ``test_smile_outliers_late_in_the_day`` measures them apart.
 """
 
 from __future__ import annotations
@@ -51,21 +51,34 @@ def injected() -> dict[str, KindScore]:
     return out
 
 
-# Known gap (issue 3 stays open for it): near the money at 15:30 the robust SVI fit follows a small
-# smile outlier, so its recall there is 0.93 (37 of 40 in these runs; 0.932 at 15:30 over 8 seeds).
-# The full target is asserted below as a strict xfail: it turns red the day the gap is closed.
-SHORT_OF_TARGET = {("smile_outlier", "recall"): 0.90}
-
-
 @pytest.mark.parametrize("kind", ANOMALY_KINDS)
 def test_injected_anomalies_are_found_per_kind(injected: dict[str, KindScore], kind: str) -> None:
     ks = injected[kind]
     assert ks.labels >= 20, f"too few {kind} labels to measure"
-    assert ks.precision >= SHORT_OF_TARGET.get((kind, "precision"), TARGET), ks
-    assert ks.recall >= SHORT_OF_TARGET.get((kind, "recall"), TARGET), ks
+    assert ks.precision >= TARGET, ks
+    assert ks.recall >= TARGET, ks
 
 
-@pytest.mark.xfail(strict=True, reason="issue 3: smile_outlier recall near the money at 15:30 is below 0.95")
-def test_smile_outliers_meet_the_full_target(injected: dict[str, KindScore]) -> None:
-    ks = injected["smile_outlier"]
+def test_smile_outliers_late_in_the_day() -> None:
+    """15:30 alone, four more seeds: six to nine two-sided out-of-the-money strikes carry the fit,
+    so five SVI parameters could follow a single rich or cheap strike (the fit's robust weights
+    start from the previous fit, its Tukey scale may fall to half a half-spread, and a fit that
+    sets one of six strikes aside still counts: see ``agent.detector.smile``).
+
+    Measured over seeds 1-24 at 15:30 (``scoring.score`` as here): precision 0.937 and recall
+    0.879 before those changes, 0.981 and 0.981 after; at 09:45 and 12:00 unchanged (0.996/1.000
+    and 0.984/1.000 before, 0.996/1.000 and 0.981/1.000 after). These four seeds: 41 of 43
+    signals true, 38 of 38 labels found."""
+    tot = [0, 0, 0, 0]
+    for seed in (21, 22, 23, 24):
+        run = run_sim(SimConfig(seed=seed), 1500, start="15:30", inject_every=16, inject_kinds=ANOMALY_KINDS)
+        ks = score(run.signals, run.labels.values(), end_ns=run.end_ns)["smile_outlier"]
+        for i, v in enumerate((ks.signals, ks.true_signals, ks.labels, ks.found_labels)):
+            tot[i] += v
+    ks = KindScore("smile_outlier", tot[0], tot[1], tot[2], tot[3], 0)
+    print(
+        f"\n15:30 smile_outlier: {ks.signals} signals precision {ks.precision:.3f}, {ks.labels} labels recall {ks.recall:.3f}"
+    )
+    assert ks.labels >= 20
+    assert ks.precision >= TARGET, ks
     assert ks.recall >= TARGET, ks
