@@ -289,7 +289,12 @@ class RiskEngine:
         out: list[Denial] = []
         max_age_ns = int(lim.max_quote_age_ms * NS_PER_MS)
         for leg, q in zip(intent.legs, quotes, strict=True):
-            seen = q.quote_ts_ns if q.flags & QuoteFlag.STALE else max(q.quote_ts_ns, ctx.book_ts_ns)
+            if q.flags & QuoteFlag.STALE:
+                # the feed says this quote was not refreshed (e.g. held across a connectivity gap):
+                # never priced on, however young its timestamp looks
+                out.append(Denial("quote_stale", f"quote of {leg.contract.osi} is flagged stale by the feed"))
+                continue
+            seen = max(q.quote_ts_ns, ctx.book_ts_ns)
             age = ctx.now_ns - seen
             if seen <= 0 or age > max_age_ns:
                 shown = "unknown" if seen <= 0 else f"{age / NS_PER_MS:,.0f} ms"

@@ -2,7 +2,11 @@
 
 Orders carry the client order id in ``orderRef``: it is how IB's open orders, completed orders and
 executions are matched to the journal, whatever client id or process placed them. Only orders whose
-``orderRef`` starts with this executor's prefix (``<prefix>-``) are considered ours.
+``orderRef`` is exactly one of this executor's client order ids (``<prefix>-<YYYYMMDD>-<seq>``, of
+today's session when ``session_date`` is given) are considered ours: not another executor's whose prefix
+starts like ours, not a hand-typed orderRef, not yesterday's (TWS may list several days of executions).
+An intent whose id IB already has for a *different* order (two executors on one prefix, a journal
+restarted mid-day) is refused with an error notice, and that order's reports are never booked to it.
 
 What ``ib_async`` does not do, and this adapter does:
 
@@ -11,12 +15,18 @@ What ``ib_async`` does not do, and this adapter does:
   this adapter, and the journal's unique index drops any that comes back after a restart);
 * it marks an order cancelled locally on any non-warning error: here an order ends only on broker
   evidence, i.e. the server's own ``orderStatus`` / ``openOrder`` / ``completedOrder`` messages
-  (Cancelled, ApiCancelled, Inactive), error 201 for an order IB never acknowledged, or the server's
-  open and completed orders read after a reconnect; any other error on an order is a notice and a
-  re-read of the server's orders, and warnings 2100-2169 are only logged;
+  (Cancelled, ApiCancelled, Inactive), or the server's open and completed orders read after a
+  reconnect or an error; an error on an order (201 "rejected" included: IB has been seen to work an
+  order after it) is a notice and a re-read of the server's orders, which settles it (an order IB does
+  not list after a 201 is rejected), and warnings 2100-2169 are only logged;
 * it neither reconnects nor reconciles: after every reconnect this adapter reads all open orders,
   completed orders and executions, reports what it missed (acks, fills, closes), and closes as rejected
-  an order it had sent that the server does not know at all (lost with the socket: never resent).
+  an order it had sent that the server does not know at all (lost with the socket: never resent);
+  after 1101/1102 (the Gateway's link to IB back) it re-reads them too, and after either it sends again
+  a cancel that IB has not answered while it still lists the order open (lost in the gap).
+
+Malformed server values (a NaN or fractional quantity, a NaN price, an unreadable position) are never
+booked and never raise: each is an error notice (``broker.bad_execution``, ``broker.bad_position``).
 
 The raw server messages are observed by wrapping ``ib_async``'s wrapper methods (``orderStatus``,
 ``openOrder``, ``completedOrder``, ``execDetails``, ``commissionReport``): the wrapper still does its own
@@ -30,7 +40,9 @@ they are done. An order submitted while disconnected is closed as rejected, not 
 connection is back its prices are gone.
 
 A fill waits up to ``commission_wait_s`` for its commission report (IB sends it right after the
-execution); if none comes it is reported with zero commission and a warning.
+execution); if none comes it is reported with zero commission and a warning, and a commission that
+arrives later is a ``broker.late_commission`` notice (the executor's order model has no report that
+amends a booked fill's commission, so the fees stay understated by that amount).
 """
 
 from __future__ import annotations
@@ -38,6 +50,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import re
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -107,6 +121,10 @@ class _Known:
     acked: bool = False
     closed: bool = False
     seen_at_server: bool = False
+    cancel_sent: bool = False  # a cancel went out and no final status has come back yet
+    rejected_by: str = ""  # the text of an error 201, until IB's book confirms the rejection
+    action: str = ""  # BUY/SELL as IB lists the order
+    limit: float = math.nan  # its limit price as IB lists it
 
 
 def ib_side(text: str) -> Side:
@@ -139,6 +157,23 @@ def _money(x: float) -> Decimal:
     return d if d.is_finite() and abs(d) < Decimal("1e12") else Decimal(0)
 
 
+def _num(x: Any) -> float:
+    """A number IB sent (NaN when it is none: a malformed field never stops a status from counting)."""
+    try:
+        return float(x)
+    except (ValueError, TypeError):
+        return math.nan
+
+
+def _whole(x: Any) -> int:
+    """A quantity IB sent as a whole number of contracts (0 when it is not a finite number)."""
+    try:
+        v = float(x)
+    except (ValueError, TypeError):
+        return 0
+    return round(v) if math.isfinite(v) and abs(v) < 1e12 else 0
+
+
 class IBBroker:
     """See the module docstring. Implements :class:`agent.executor.broker.Broker`."""
 
@@ -150,12 +185,19 @@ class IBBroker:
         clock_ns: Callable[[], int],
         order_ref_prefix: str,
         intents: IntentLookup | None = None,
+        session_date: str | None = None,
     ) -> None:
         self.conn = conn
         self.ib: Any = conn.ib
         self.settings = settings
         self.clock_ns = clock_ns
         self.prefix = order_ref_prefix + "-"
+        # exactly our client order ids (prefix-YYYYMMDD-seq), of today's session when it is known: another
+        # executor whose prefix merely starts like ours, a hand-typed orderRef, or yesterday's orders and
+        # executions (TWS can list several days of trades) are not ours to reconcile
+        day = re.escape(session_date) if session_date else r"\d{8}"
+        self._ours = re.compile(re.escape(order_ref_prefix) + "-" + day + r"-\d+")
+        self._late_commission: set[str] = set()  # executions booked with 0 commission (report came late)
         self._lookup = intents
         self._intents: dict[str, OrderIntent] = {}
         self.known: dict[str, _Known] = {}
@@ -170,11 +212,14 @@ class IBBroker:
         self._verify_task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Future[None] | None = None
         self._suspects: set[str] = set()
+        self._collided: set[str] = set()
+        self._sending: set[str] = set()  # submits between their duplicate check and placeOrder
         self.submits = 0
         self.duplicate_submits = 0
         conn.callbacks.connected.append(self._on_connected)
         conn.callbacks.disconnected.append(self._on_disconnected)
         conn.callbacks.error.append(self._on_error)
+        conn.callbacks.restored.append(self._on_restored)
         self._install_taps()
 
     # ------------------------------------------------------------- plumbing
@@ -200,7 +245,9 @@ class IBBroker:
 
             setattr(w, name, hooked)
 
-    def _emit(self, report: OrderReport) -> None:
+    def _emit(self, report: OrderReport, *, force: bool = False) -> None:
+        if report.client_order_id in self._collided and not force:
+            return  # IB's reports under this orderRef are another order's: never booked to our intent
         self._out.append(report)
         self._wake.set()
 
@@ -220,8 +267,8 @@ class IBBroker:
     def on_quotes(self, update: object) -> None:
         """IB matches orders itself: the executor's quotes are not needed here."""
 
-    def ours(self, ref: str) -> bool:
-        return bool(ref) and ref.startswith(self.prefix)
+    def ours(self, ref: object) -> bool:
+        return isinstance(ref, str) and self._ours.fullmatch(ref) is not None
 
     def _intent(self, cid: str) -> OrderIntent | None:
         intent = self._intents.get(cid)
@@ -327,6 +374,7 @@ class IBBroker:
                 f"order {k.cid} never reached IB (connection dropped while sending); closed, not resent",
             )
         self._synced.set()
+        await self._resend_cancels()
         if self._foreign_open() and (self._watch_task is None or self._watch_task.done()):
             self._watch_task = asyncio.ensure_future(self._watch_foreign())
         if not first:
@@ -339,6 +387,50 @@ class IBBroker:
 
     def _on_disconnected(self) -> None:
         self._synced.clear()
+
+    async def _on_restored(self, data_lost: bool) -> None:
+        """1101/1102: the Gateway is back in touch with IB. Order messages (a cancel's confirmation, a
+        fill) may have been lost in the gap and a cancel sent during it may never have reached IB: re-read
+        IB's orders and executions (the taps settle every state) and ask again for what is still open."""
+        if not self.conn.is_connected():
+            return  # the reconnect sync reads everything anyway
+        try:
+            await self._req(self.ib.reqAllOpenOrdersAsync(), "open orders")
+            await self._req(self.ib.reqCompletedOrdersAsync(False), "completed orders")
+            await self._req(self.ib.reqExecutionsAsync(), "executions")
+        except BrokerError as exc:
+            log.warning("IB broker: re-reading orders after %s failed: %s", 1101 if data_lost else 1102, exc)
+            return
+        await self._resend_cancels()
+
+    async def _resend_cancels(self) -> None:
+        """Cancels sent before a gap whose order IB still lists as open: sent again (idempotent at IB)."""
+        for k in list(self.known.values()):
+            if not k.cancel_sent or k.closed or k.status not in OPEN_STATES:
+                continue
+            if not self.conn.is_connected():
+                return
+            if k.client_id != self.conn.client_id:
+                k.cancel_sent = False
+                self._emit(
+                    CancelRejected(
+                        k.cid,
+                        self.clock_ns(),
+                        f"placed by API client {k.client_id}, reconnected as {self.conn.client_id}: cancel it "
+                        "in TWS or from that client id",
+                    )
+                )
+                continue
+            await self.conn.pacer.acquire(urgent=True)
+            try:
+                self.ib.client.cancelOrder(k.order_id, "")
+            except ConnectionError:
+                return
+            self.conn.notice(
+                NoticeLevel.WARN,
+                "broker.cancel_resent",
+                f"cancel of {k.cid} sent (again): IB still lists it {k.status} after the connectivity gap",
+            )
 
     def _foreign_open(self) -> list[str]:
         """Our open orders placed under another client id: IB sends their updates to that id only."""
@@ -394,14 +486,16 @@ class IBBroker:
         if getattr(order, "whatIf", False) or not self.ours(order.orderRef):
             return
         k = self._learn(order.orderRef, order.orderId, order.clientId, order.permId)
-        k.quantity = float(order.totalQuantity)
+        k.quantity = float(_whole(order.totalQuantity))
+        k.action, k.limit = str(order.action or ""), _num(order.lmtPrice)
         self._on_status(k, str(state.status), "")
 
     def _tap_completed(self, contract: Any, order: Any, state: Any) -> None:
         if not self.ours(order.orderRef):
             return
         k = self._learn(order.orderRef, order.orderId, order.clientId, order.permId)
-        k.quantity = float(order.totalQuantity)
+        k.quantity = float(_whole(order.totalQuantity))
+        k.action, k.limit = str(order.action or ""), _num(order.lmtPrice)
         why = str(getattr(state, "completedStatus", "") or "")
         self._on_status(k, str(state.status), why)
 
@@ -412,6 +506,8 @@ class IBBroker:
         if accepted and not k.acked:
             k.acked = True
             self._emit(OrderAccepted(k.cid, str(k.perm_id or k.order_id), now))
+        if status in CANCELLED or status in (INACTIVE, "Filled"):
+            k.cancel_sent = False
         if k.closed:
             return
         if status in CANCELLED:
@@ -419,7 +515,8 @@ class IBBroker:
             self._emit(OrderCancelled(k.cid, now, why or k.reason or "cancelled at IB"))
         elif status == INACTIVE:
             k.closed = True
-            self._emit(OrderRejected(k.cid, now, why or k.reason or "inactive at IB (rejected)"))
+            reason = why or (f"IB rejected: {k.rejected_by}" if k.rejected_by else k.reason)
+            self._emit(OrderRejected(k.cid, now, reason or "inactive at IB (rejected)"))
         elif status == "Filled":
             k.closed = True  # the executions complete the order
 
@@ -444,6 +541,14 @@ class IBBroker:
         if not (0.0 <= commission < 1e9):
             return  # IB's "unset" value
         self._commissions[report.execId] = commission
+        if report.execId in self._late_commission and commission > 0:
+            self._late_commission.discard(report.execId)
+            self.conn.notice(
+                NoticeLevel.WARN,
+                "broker.late_commission",
+                f"IB's commission {commission:g} for execution {report.execId} came after the fill was booked "
+                "with 0: fees are understated by that much",
+            )
         pending = self._pending_fills.pop(report.execId, None)
         if pending is not None:
             contract, execution, handle = pending
@@ -458,6 +563,8 @@ class IBBroker:
         contract, execution, _ = pending
         log.warning("IB sent no commission report for execution %s: booked with 0 commission", exec_id)
         self._release(exec_id, contract, execution)
+        if exec_id in self.reported_execs:
+            self._late_commission.add(exec_id)
 
     def _release(self, exec_id: str, contract: Any, execution: Any) -> None:
         if exec_id in self.reported_execs:
@@ -471,14 +578,22 @@ class IBBroker:
     def fill_from(self, contract: Any, execution: Any) -> Fill | None:
         """A :class:`Fill` from one IB execution of an option leg (None when it is not one)."""
         cid = str(execution.orderRef)
-        qty = round(float(execution.shares))
-        if qty <= 0:
-            return None
+        exec_id = str(getattr(execution, "execId", "") or "")
         try:
+            shares = float(execution.shares)
+            price = float(execution.price)
             side = ib_side(str(execution.side))
-        except ValueError:
-            log.error("IB execution %s with unknown side %r", execution.execId, execution.side)
-            return None
+        except (ValueError, TypeError, AttributeError) as exc:
+            return self._bad_execution(exec_id, cid, f"unreadable: {exc}")
+        if not math.isfinite(shares) or shares <= 0 or abs(shares - round(shares)) > 1e-6:
+            return self._bad_execution(
+                exec_id, cid, f"quantity {execution.shares!r} is not a whole positive number"
+            )
+        if not math.isfinite(price) or price < 0:
+            return self._bad_execution(exec_id, cid, f"price {execution.price!r} is not a price")
+        if not exec_id:
+            return self._bad_execution(exec_id, cid, "no execution id")
+        qty = round(shares)
         intent = self._intent(cid)
         leg = self._leg_of(intent, contract) if intent is not None else 0
         commission = self._commissions.get(execution.execId, 0.0)
@@ -488,10 +603,20 @@ class IBBroker:
             leg=leg,
             side=side,
             quantity=qty,
-            price=_money(execution.price),
+            price=_money(price),
             commission=_money(commission),
             ts_ns=self.clock_ns(),
         )
+
+    def _bad_execution(self, exec_id: str, cid: str, why: str) -> Fill | None:
+        """A malformed execution is never booked (a wrong price or size would be booked for good): it is
+        reported, and the reconciliation's position check shows the difference if it was real."""
+        self.conn.notice(
+            NoticeLevel.ERROR,
+            "broker.bad_execution",
+            f"IB execution {exec_id or '?'} of {cid} not booked: {why}",
+        )
+        return None
 
     @staticmethod
     def _leg_of(intent: OrderIntent, contract: Any) -> int:
@@ -521,13 +646,16 @@ class IBBroker:
         k.reason = f"{code}: {message}"
         now = self.clock_ns()
         if code in CANCEL_PROBLEMS:
+            k.cancel_sent = False  # IB answered the cancel: nothing to ask again
             self._emit(CancelRejected(cid, now, f"IB: {message} ({code})"))
             self._verify_soon(cid)
             return
         if code == REJECTED_CODE and not k.acked and not k.closed:
-            k.closed = True
-            self._emit(OrderRejected(cid, now, f"IB rejected: {message}"))
+            # not final on its own: IB has sent a 201 and then worked the order. The rejection is booked
+            # when IB's book confirms it (status Inactive/Cancelled, or the order absent from IB's lists)
+            k.rejected_by = message
             self.conn.notice(NoticeLevel.WARN, "broker.rejected", f"IB rejected order {cid}: {message}")
+            self._verify_soon(cid)
             return
         if code != CANCEL_CONFIRMED:
             self.conn.notice(
@@ -544,40 +672,73 @@ class IBBroker:
 
     async def _verify(self) -> None:
         """Re-read the server's orders: their messages settle the suspects' states through the taps."""
-        await asyncio.sleep(VERIFY_DELAY_S)
-        suspects, self._suspects = self._suspects, set()
-        if not self.conn.is_connected():
-            return  # the reconnect sync reads everything anyway
-        try:
-            opens = await self._req(self.ib.reqAllOpenOrdersAsync(), "open orders")
-            done = await self._req(self.ib.reqCompletedOrdersAsync(False), "completed orders")
-        except BrokerError as exc:
-            log.warning("IB broker: verification failed: %s", exc)
-            return
-        at_server = {t.order.orderRef for t in [*(opens or ()), *(done or ())]}
-        for cid in suspects:
-            k = self.known.get(cid)
-            if k is not None and not k.closed and not k.acked and cid not in at_server:
-                k.closed = True
-                self._emit(OrderRejected(cid, self.clock_ns(), f"not at IB after error {k.reason}"))
+        while self._suspects:  # suspects added while a pass runs get their own pass
+            await asyncio.sleep(VERIFY_DELAY_S)
+            suspects, self._suspects = self._suspects, set()
+            if not self.conn.is_connected():
+                return  # the reconnect sync reads everything anyway
+            try:
+                opens = await self._req(self.ib.reqAllOpenOrdersAsync(), "open orders")
+                done = await self._req(self.ib.reqCompletedOrdersAsync(False), "completed orders")
+            except BrokerError as exc:
+                log.warning("IB broker: verification failed: %s", exc)
+                return
+            at_server = {t.order.orderRef for t in [*(opens or ()), *(done or ())]}
+            for cid in suspects:
+                k = self.known.get(cid)
+                if k is not None and not k.closed and not k.acked and cid not in at_server:
+                    k.closed = True
+                    why = (
+                        f"IB rejected: {k.rejected_by}"
+                        if k.rejected_by
+                        else f"not at IB after error {k.reason}"
+                    )
+                    self._emit(OrderRejected(cid, self.clock_ns(), why))
 
     # ------------------------------------------------------------- the Broker protocol
 
     async def submit(self, intent: OrderIntent) -> None:
         cid = intent.client_order_id
         self.submits += 1
-        self._intents[cid] = intent
         if self.conn.is_connected() and not self._synced.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._synced.wait(), self.settings.connect_timeout_s)
+        if cid in self._sending:
+            # the same id is being sent right now (a retry that overtook its first attempt): never twice
+            self.duplicate_submits += 1
+            log.info("IB broker: %s is being sent already; not sent again", cid)
+            return
         k = self.known.get(cid)
         if k is not None and (k.seen_at_server or k.sent_here):
+            other = self._differs(k, intent)
+            if other:
+                # the same orderRef names another order at IB: two executors with one prefix, or a journal
+                # started afresh that hands out today's ids again. Not sent, and IB's reports under this
+                # orderRef are never booked to this intent (they are the other order's)
+                self._collided.add(cid)
+                why = (
+                    f"not sent: IB already has a different order with orderRef {cid} ({other}); two "
+                    "executors share this prefix or the journal was restarted today"
+                )
+                self.conn.notice(NoticeLevel.ERROR, "broker.order_ref_collision", why)
+                self._emit(OrderRejected(cid, self.clock_ns(), why), force=True)
+                return
             # idempotent: IB already has (or was sent) this order id
+            self._intents.setdefault(cid, intent)
             self.duplicate_submits += 1
             log.info("IB broker: %s already at IB (%s); not sent again", cid, k.status or "sent")
             if k.acked:
                 self._emit(OrderAccepted(cid, str(k.perm_id or k.order_id), self.clock_ns()))
             return
+        self._intents[cid] = intent
+        self._sending.add(cid)
+        try:
+            await self._send(intent)
+        finally:
+            self._sending.discard(cid)
+
+    async def _send(self, intent: OrderIntent) -> None:
+        cid = intent.client_order_id
         if not self.conn.is_connected() or not self._synced.is_set():
             self._emit(
                 OrderRejected(cid, self.clock_ns(), f"not sent: not connected to IB at {self.conn.address}")
@@ -609,6 +770,20 @@ class IBBroker:
         k.client_id = int(self.conn.client_id if self.conn.client_id is not None else -1)
         self._by_order[(k.client_id, k.order_id)] = cid
         log.info("IB broker: sent %s as order %s", intent.describe(), k.order_id)
+
+    def _differs(self, k: _Known, intent: OrderIntent) -> str:
+        """How the order IB lists under ``k`` differs from ``intent`` ('' when it is the same order)."""
+        if self._intents.get(k.cid) is intent:
+            return ""  # the very intent sent before: a retry
+        expected = self._ib_order(intent)
+        out = []
+        if k.action and k.action != expected.action:
+            out.append(f"{k.action} at IB, {expected.action} here")
+        if k.quantity > 0 and abs(k.quantity - intent.quantity) > 1e-9:
+            out.append(f"quantity {k.quantity:g} at IB, {intent.quantity} here")
+        if math.isfinite(k.limit) and abs(k.limit) < 1e12 and abs(k.limit - float(intent.limit_price)) > 1e-9:
+            out.append(f"limit {k.limit:g} at IB, {intent.limit_price} here")
+        return ", ".join(out)
 
     def _stale_legs(self, intent: OrderIntent) -> str:
         """Why the order must not go out on the quotes it was priced from ('' when it may)."""
@@ -689,7 +864,14 @@ class IBBroker:
             self._emit(CancelRejected(client_order_id, now, f"order already {k.status or 'done'} at IB"))
             return
         if not self.conn.is_connected():
-            self._emit(CancelRejected(client_order_id, now, "not connected to IB: cancel not sent"))
+            # the order still works at IB (a Gateway restart does not cancel it): the cancel goes out as
+            # soon as the connection is back and IB still lists the order open; it stays pending till then
+            k.cancel_sent = True
+            self.conn.notice(
+                NoticeLevel.WARN,
+                "broker.cancel_queued",
+                f"not connected to IB: the cancel of {client_order_id} is sent when the connection is back",
+            )
             return
         if k.client_id != self.conn.client_id:
             self._emit(
@@ -708,6 +890,8 @@ class IBBroker:
             self._emit(
                 CancelRejected(client_order_id, self.clock_ns(), "IB connection lost: cancel not sent")
             )
+            return
+        k.cancel_sent = True
 
     async def _server_executions(self) -> list[Any]:
         self._require_connection()
@@ -758,7 +942,7 @@ class IBBroker:
                 cid,
                 str(t.order.permId or t.order.orderId),
                 state_of(status, any(leg_filled)),
-                round(float(t.order.totalQuantity)),
+                _whole(t.order.totalQuantity),
                 tuple(leg_filled),
                 self.known[cid].reason if status in CANCELLED or status == INACTIVE else "",
             )
@@ -787,6 +971,9 @@ class IBBroker:
                 continue
             try:
                 mult = int(float(c.multiplier or 100))
+                quantity = float(p.position)
+                if mult <= 0 or not math.isfinite(quantity) or quantity != round(quantity):
+                    raise ValueError(f"multiplier {c.multiplier!r}, quantity {p.position!r}")
                 contract = OptionContract(
                     c.symbol,
                     str(c.lastTradeDateOrContractMonth)[:8],
@@ -795,9 +982,14 @@ class IBBroker:
                     mult,
                     con_id=int(c.conId or 0),
                 )
-            except (ValueError, TypeError) as exc:
-                log.error("IB position in an unreadable contract %s: %s", c, exc)
+            except (ValueError, TypeError, ArithmeticError) as exc:
+                # never a crash of the reconciliation; said loudly, since a position left out is not checked
+                self.conn.notice(
+                    NoticeLevel.ERROR,
+                    "broker.bad_position",
+                    f"IB position in {getattr(c, 'localSymbol', '') or c} unreadable, not reconciled: {exc}",
+                )
                 continue
             avg = _money(p.avgCost) / mult
-            out.append(BrokerPosition(contract, round(float(p.position)), avg))
+            out.append(BrokerPosition(contract, round(quantity), avg))
         return out

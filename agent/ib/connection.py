@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 NoticeFn = Callable[[NoticeLevel, str, str], None]
 HealthFn = Callable[[ComponentHealth], None]
 
+STABLE_CONNECTION_S = 10.0  # a connection that lasted this long (or the longest backoff) resets the backoff
 URGENT_HEADROOM = 5  # slots per second that only urgent requests (orders, cancels) may use
 # counted over 1.1 s rather than 1 s: messages sent at the edges of a window can reach the Gateway closer
 # together than they left (delivery and event-loop jitter), and the Gateway counts what it receives
@@ -259,7 +260,7 @@ class IBConnection:
         while not self._closing:
             ok = await self._connect_any()
             if ok:
-                attempt = 0
+                up_since = time.monotonic()
                 self._dropped.clear()
                 first = self.connects == 1
                 for cb in list(self.callbacks.connected):
@@ -275,9 +276,15 @@ class IBConnection:
                 await self._dropped.wait()
                 if self.closing:
                     return
+                # a connection that held for longer than the longest backoff starts over; one the Gateway
+                # closes soon after accepting it (restarting, refusing this login) keeps backing off, so
+                # that a Gateway which accepts and drops never gets a reconnect every initial delay
+                if time.monotonic() - up_since >= max(self.settings.reconnect_max_s, STABLE_CONNECTION_S):
+                    attempt = 0
                 delay = backoff_delay(
-                    0, self.settings.reconnect_initial_s, self.settings.reconnect_max_s, self._rng
+                    attempt, self.settings.reconnect_initial_s, self.settings.reconnect_max_s, self._rng
                 )
+                attempt += 1
             else:
                 delay = backoff_delay(
                     attempt, self.settings.reconnect_initial_s, self.settings.reconnect_max_s, self._rng
@@ -359,6 +366,10 @@ class IBConnection:
             if not connect.done():
                 connect.cancel()
         if not self.ib.isConnected():
+            return "failed"
+        if self._closing:  # closed while the connection was being made: do not come back to life
+            with contextlib.suppress(Exception):
+                self.ib.disconnect()
             return "failed"
         self.client_id = client_id
         self.connects += 1

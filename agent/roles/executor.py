@@ -198,6 +198,7 @@ class ExecutorRole:
                 clock_ns=rt.clock.now_ns,
                 order_ref_prefix=prefix,
                 intents=self._intent_of,
+                session_date=rt.session.expiry,  # the journal's: only today's orderRefs are ours
             )
         else:
             self.broker = PaperBroker(
@@ -405,7 +406,10 @@ class ExecutorRole:
             if isinstance(action, PlaybookCancel):
                 order = self.flow.orders.get(action.client_order_id)
                 if order is not None and order.state.open and not order.cancel_requested:
-                    await self.flow.cancel(action.client_order_id)
+                    try:
+                        await self.flow.cancel(action.client_order_id)
+                    except BrokerError as exc:
+                        self._broker_refused(exc, action.client_order_id, "cancel")
                     self.risk.record_message(now)
                     self._rt.publish(OrderUpdated.of(order))
             else:
@@ -480,7 +484,18 @@ class ExecutorRole:
             def fence(intent: OrderIntent) -> None:
                 elector.fence(expect=intent.lease_epoch)
 
-        placed = await self.flow.place(build, self._veto, fence)
+        journaled: list[str] = []
+        decide = build
+
+        def tracked(cid: str) -> OrderIntent:
+            intent = decide(cid)
+            journaled.append(intent.client_order_id)
+            return intent
+
+        try:
+            placed = await self.flow.place(tracked, self._veto, fence)
+        except BrokerError as exc:
+            return self._broker_refused(exc, journaled[-1] if journaled else "", "submit")
         if isinstance(placed, Denied):
             reasons = "; ".join(d.reason for d in placed.denials)
             return CommandOutcome(False, "denied", reasons, placed.client_order_id, placed.denials)
@@ -488,6 +503,23 @@ class ExecutorRole:
         self.risk.record_sent(intent, self._rt.clock.now_ns())
         self._rt.publish(OrderUpdated.of(self.flow.orders[intent.client_order_id]))
         return CommandOutcome(True, "ok", f"sent {intent.describe()}", intent.client_order_id)
+
+    def _broker_refused(self, exc: BrokerError, cid: str, what: str) -> CommandOutcome:
+        """The broker raised while taking a submit or cancel: the journaled order stays as it is (open)
+        and its fate is settled by the broker's reports or by reconciliation on the next start; it is
+        never dropped and never assumed rejected, since the request may have reached the broker."""
+        order = self.flow.orders.get(cid)
+        if order is not None:
+            if what == "submit":
+                self.risk.record_sent(order.intent, self._rt.clock.now_ns())  # it may be at the broker
+            self._rt.publish(OrderUpdated.of(order))
+        message = f"{what} failed at the {self.broker_name}: {exc}"
+        if order is not None:
+            message += (
+                f" (order {cid} kept {order.state.value} until the broker or reconciliation settles it)"
+            )
+        self._rt.notice(NoticeLevel.ERROR, "executor.broker_error", message, "executor")
+        return CommandOutcome(False, "broker_error", message, cid)
 
     def _contract(self, strike: float, right: Right, expiry: str) -> Contract:
         book = self._rt.log.state.book
@@ -516,16 +548,23 @@ class ExecutorRole:
     async def _halt(self, reason: str) -> int:
         self.flow.state = TradingState.HALTED
         cancelled = 0
+        failed: list[str] = []
         for order in self.flow.working():
             if not order.cancel_requested:
-                await self.flow.cancel(order.client_order_id)
-                self.risk.record_message(self._rt.clock.now_ns())
-                self._rt.publish(OrderUpdated.of(order))
+                try:
+                    await self.flow.cancel(order.client_order_id)
+                except BrokerError as exc:
+                    failed.append(self._broker_refused(exc, order.client_order_id, "cancel").client_order_id)
+                    continue
+                finally:
+                    self.risk.record_message(self._rt.clock.now_ns())
+                    self._rt.publish(OrderUpdated.of(order))
                 cancelled += 1
         self._rt.notice(
-            NoticeLevel.WARN,
+            NoticeLevel.WARN if not failed else NoticeLevel.ERROR,
             "executor.halted",
-            f"halted ({reason}): {cancelled} order(s) cancelled",
+            f"halted ({reason}): {cancelled} order(s) cancelled"
+            + (f"; cancel NOT sent for {', '.join(failed)} (broker error)" if failed else ""),
             "executor",
         )
         self._publish_risk(force=True)
@@ -575,6 +614,8 @@ class ExecutorRole:
                         outcome = await handler(cmd.args)
                     except (OrderError, ValueError, KeyError, InvalidOperation) as exc:
                         outcome = CommandOutcome(False, "invalid", str(exc).strip("'\""))
+                    except BrokerError as exc:  # any other broker call a command made
+                        outcome = self._broker_refused(exc, "", cmd.kind)
             self.last_heartbeat = time.monotonic()  # any command is a sign of life
             outcome = self._audit(cmd, outcome)
             self.commands.put(cmd.idempotency_key, outcome)
@@ -653,7 +694,11 @@ class ExecutorRole:
         cid = str(args["client_order_id"])
         if cid not in self.flow.orders:
             return CommandOutcome(False, "invalid", f"no order {cid}")
-        applied = await self.flow.cancel(cid)
+        try:
+            applied = await self.flow.cancel(cid)
+        except BrokerError as exc:
+            self.risk.record_message(self._rt.clock.now_ns())
+            return self._broker_refused(exc, cid, "cancel")
         self.risk.record_message(self._rt.clock.now_ns())
         self._rt.publish(OrderUpdated.of(self.flow.orders[cid]))
         if applied.outcome is Outcome.IGNORED:

@@ -250,3 +250,47 @@ def test_unknown_risk_limit_in_settings_refuses_to_start(tmp_path: Path) -> None
     settings = agent_settings("typo", **executor_settings(tmp_path, limits={"max_order_qty": 5}))
     with pytest.raises(AgentStartError, match=r"unknown risk limit.*max_order_qty"):
         AgentRuntime(settings).start_in_thread()
+
+
+async def test_broker_error_on_submit_or_cancel_is_a_refused_command_and_the_order_is_kept(
+    start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    """A broker that raises (disconnected, timed out) never breaks a command: the operator gets a clear
+    refusal, and the journaled order is kept open for reconciliation, never dropped or assumed rejected."""
+    from agent.executor.broker import BrokerError
+
+    agent = start_agent(**executor_settings(tmp_path, limits={"collar_fraction": 0.9}))
+    role = agent.runtime.executor
+    assert role is not None
+    real_submit, real_cancel = role.broker.submit, role.broker.cancel
+
+    async def refuse(*args: Any) -> None:
+        raise BrokerError("IB did not answer within 15 s")
+
+    async with AgentClient(agent.address) as client:
+        q = await atm_call(client)
+        role.broker.submit = refuse  # type: ignore[method-assign,assignment]
+        sent = await client.execute(cmd(submit_order=buy(q, 1, q.ask)))
+        assert not sent.accepted
+        assert sent.code == "broker_error"
+        assert "IB did not answer" in sent.message
+        assert sent.client_order_id
+        kept = role.flow.orders[sent.client_order_id]
+        assert kept.state.value == "pending_new"  # its fate is the broker's to tell (reconciliation)
+        role.broker.submit = real_submit  # type: ignore[method-assign]
+        again = await client.execute(cmd(submit_order=buy(q, 1, q.ask)))
+        assert "duplicate_intent" in {d.code for d in again.denials}  # it may be at the broker: not resent
+        resting = await client.execute(cmd(submit_order=buy(q, 2, max(0.01, round(q.bid * 0.5, 2)))))
+        assert resting.accepted, resting.message
+        role.broker.cancel = refuse  # type: ignore[method-assign,assignment]
+        cancel = await client.execute(
+            cmd(cancel_order=pb.CancelOrder(client_order_id=resting.client_order_id))
+        )
+        assert not cancel.accepted
+        assert cancel.code == "broker_error"
+        assert role.flow.orders[resting.client_order_id].state.open
+        halted = await client.execute(cmd(halt=pb.Halt(reason="test")))
+        assert halted.accepted  # the halt itself holds even when a cancel cannot be sent
+        snap = await client.snapshot()
+        assert snap.risk.trading_state == "HALTED"
+        role.broker.cancel = real_cancel  # type: ignore[method-assign]

@@ -62,7 +62,7 @@ tickSnapshotEnd). ``no_secdef_for`` also applies to
 reqMktData and placeOrder (error 200). ``pacing_limit`` (addition): a connection sending more messages than
 that within one second gets error 100 and is closed, like TWS's 50 msg/s rule.
 
-Additions to the contract: ``server_version``, ``later_expiry``, ``hours_to_close`` and ``live_data``
+Additions to the contract: ``cancel_order_calls`` and the ``lose_cancels`` fault, ``server_version``, ``later_expiry``, ``hours_to_close`` and ``live_data``
 keyword arguments, ``set_quote(..., expiry=)`` (``live_data=False``: reqMktData gives error 354 unless reqMarketDataType 3/4 asked for
 delayed data, which is then served with delayed tick types); ``quote()``, ``option_con_id()``,
 ``stock_con_id``, ``expiries``, ``strikes``, ``spot``, ``positions``, ``connected_client_ids``,
@@ -126,6 +126,8 @@ class FakeFaults:
     - reject_order_refs: placeOrder with one of these orderRefs -> error 201 (rejected)
     - no_secdef_for: strikes whose contract details / market data / orders fail with error 200
     - pacing_limit (addition): more messages than this within 1 s on one connection -> error 100, closed
+    - lose_cancels (addition): cancelOrder is recorded in ``cancel_order_calls`` and otherwise dropped, as
+      a cancel lost while the Gateway had no link to IB (1100); the order stays working
     """
 
     client_ids_in_use: set[int] = field(default_factory=set)
@@ -137,6 +139,7 @@ class FakeFaults:
     reject_order_refs: set[str] = field(default_factory=set)
     no_secdef_for: set[float] = field(default_factory=set)
     pacing_limit: int | None = None
+    lose_cancels: bool = False
 
 
 @dataclass
@@ -472,6 +475,7 @@ class FakeTWS:
         self.port = 0
         self.max_lines_seen = 0
         self.place_order_calls: list[PlaceOrderCall] = []
+        self.cancel_order_calls: list[int] = []  # addition: the orderId of every cancelOrder received
         self.orders: dict[int, BookOrder] = {}
         self.executions: list[FakeExecution] = []
         self.positions: dict[int, FakePosition] = {}
@@ -1856,6 +1860,9 @@ class FakeTWS:
     def _on_cancel_order(self, conn: _Conn, r: _Fields) -> None:
         r.integer()  # version
         order_id = r.integer()
+        self.cancel_order_calls.append(order_id)
+        if self.faults.lose_cancels:
+            return
         o = self.orders.get(order_id)
         if o is None or o.clientId != conn.client_id:
             self._error(conn, order_id, 10147, f"OrderId {order_id} that needs to be cancelled is not found.")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ib_async import LimitOrder, Option
 
 from agent.domain import ChainUpdate, ComponentStatus, Notice, QuoteFlag, Right
 from agent.eventlog import Event
@@ -237,7 +238,7 @@ async def test_window_moves_across_strikes_within_the_line_budget(fake: FakeTWS,
     for spot in (591.4, 593.6, 596.2, 600.1, 604.8, 599.0, 588.3, 579.9, 575.2):
         fake.set_spot(spot)
         atm = round(spot)
-        await eventually(lambda atm=atm: atm in agent.strikes() and len(agent.book.quotes) >= 18)  # type: ignore[misc]
+        await eventually(lambda atm=atm: atm in agent.strikes() and len(agent.book.quotes) >= 18)
         assert len(fake.market_data_lines) <= BUDGET - 4
         seen.update(agent.strikes())
     assert min(seen) <= 572.0
@@ -529,19 +530,161 @@ async def test_no_order_goes_out_on_quotes_from_before_a_gap(fake: FakeTWS, star
     await eventually(lambda: all(q.flags & QuoteFlag.STALE for q in agent.book.quotes.values()))
     ask = fake.quote(590.0, "C")[1]
     out = await agent.command("submit_order", **buy_call(590.0, ask, 1))
-    if out.accepted:  # the risk check may let a young stale quote through: the IB broker does not
-        await eventually(lambda: agent.order(out.client_order_id).state is OrderState.REJECTED)
-        assert "stale" in agent.order(out.client_order_id).reason
+    assert not out.accepted  # the risk check denies a quote flagged stale (the IB broker would too)
+    assert "quote_stale" in {d.code for d in out.denials}
     fake.send_error(
         1102, "Connectivity between IB and Trader Workstation has been restored - data maintained."
     )
     await eventually(lambda: agent.health("ib").status is ComponentStatus.OK)
     out = await agent.command("submit_order", **buy_call(590.0, ask, 2))
-    await eventually(lambda: agent.order(out.client_order_id).state is OrderState.REJECTED)
-    assert "stale" in agent.order(out.client_order_id).reason  # restored, but not refreshed yet
+    # restored, but not refreshed yet: the pre-trade check denies a quote flagged stale outright
+    assert not out.accepted
+    assert "quote_stale" in {d.code for d in out.denials}
+    assert out.client_order_id not in agent.rt.executor.flow.orders  # type: ignore[union-attr]
     fake.set_spot(590.3)
     await eventually(lambda: not any(q.flags & QuoteFlag.STALE for q in agent.book.quotes.values()))
     ask = fake.quote(590.0, "C")[1]
     out = await agent.command("submit_order", **buy_call(590.0, ask, 3))
     await eventually(lambda: agent.order(out.client_order_id).state is OrderState.FILLED)
     assert [c.orderRef for c in fake.place_order_calls] == [out.client_order_id]
+
+
+async def test_a_cancel_lost_in_a_connectivity_gap_is_sent_again_after_1101(
+    fake: FakeTWS, start: Starter
+) -> None:
+    """1100, a cancel that never reaches IB, then 1101: the order must not sit in pending_cancel forever
+    while it still works at IB. The broker re-reads IB's orders on restore and asks again."""
+    agent = await start()
+    await streaming(agent, 18)
+    out = await agent.command("submit_order", **buy_call(590.0, resting(fake, 590.0), 1))
+    assert out.accepted, out.message
+    await eventually(lambda: agent.order(out.client_order_id).state is OrderState.WORKING)
+    (bo,) = [o for o in fake.orders.values() if o.orderRef == out.client_order_id]
+    fake.send_error(1100, "Connectivity between IB and Trader Workstation has been lost.")
+    fake.faults.lose_cancels = True
+    cancel = await agent.command("cancel_order", client_order_id=out.client_order_id)
+    assert cancel.accepted
+    await eventually(lambda: len(fake.cancel_order_calls) == 1)
+    await asyncio.sleep(0.2)
+    assert agent.order(out.client_order_id).state is OrderState.PENDING_CANCEL
+    assert fake.orders[bo.orderId].status == "Submitted"  # still working at IB
+    fake.faults.lose_cancels = False
+    fake.send_error(1101, "Connectivity between IB and TWS has been restored - data lost.")
+    await eventually(lambda: agent.order(out.client_order_id).state is OrderState.CANCELLED)
+    assert fake.orders[bo.orderId].status == "Cancelled"
+    assert "broker.cancel_resent" in agent.codes()
+
+
+async def test_an_ib_rejection_closes_the_order_once_ibs_book_confirms_it(
+    fake: FakeTWS, start: Starter
+) -> None:
+    agent = await start()
+    await streaming(agent, 18)
+    fake.faults.reject_order_refs = {"edge1-" + expiry() + "-000001"}
+    ask = fake.quote(590.0, "C")[1]
+    out = await agent.command("submit_order", **buy_call(590.0, ask, 1))
+    assert out.accepted
+    assert out.client_order_id in fake.faults.reject_order_refs
+    await eventually(lambda: agent.order(out.client_order_id).state is OrderState.REJECTED)
+    assert "Rejected by the fake TWS" in agent.order(out.client_order_id).reason
+    assert "broker.rejected" in agent.codes()
+
+
+async def test_another_executors_and_yesterdays_orders_are_not_ours(fake: FakeTWS, tmp_path: Path) -> None:
+    """An executor whose prefix starts like ours ('edge1_b' is fine, but an orderRef 'edge1-b-...' typed
+    by hand or 'edge1-<yesterday>-...' from TWS's multi-day trade log) must not fail reconciliation."""
+    rt = AgentRuntime(settings(fake, tmp_path))
+    a = Agent(rt)
+    await rt.start()
+    try:
+        await streaming(a, 18)
+        conn = rt._ib
+        assert conn is not None
+        ask = fake.quote(590.0, "C")[1]
+        # orders placed at IB by someone else with look-alike orderRefs, filled there
+        for ref in ("edge1-b-" + expiry() + "-000001", "edge1-20200102-000001"):
+            c = Option(
+                "SPY", expiry(), 590.0, "C", "SMART", multiplier="100", currency="USD", tradingClass="SPY"
+            )
+            trade = conn.ib.placeOrder(c, LimitOrder("BUY", 1, ask, orderRef=ref))
+            await eventually(lambda t=trade: t.orderStatus.status == "Filled")
+    finally:
+        await rt.stop()
+    assert len(fake.executions) == 2
+    # a fresh executor on the same journal: it reconciles against IB's executions and positions
+    second = AgentRuntime(settings(fake, tmp_path))
+    b = Agent(second)
+    await second.start()
+    try:
+        mismatches = [n.message for n in b.notices if n.code == "executor.reconcile_mismatch"]
+        assert not any("never journaled" in m or "unknown order" in m for m in mismatches), mismatches
+        await asyncio.sleep(0.1)
+    finally:
+        await second.stop()
+
+
+async def test_a_ratio_spread_partly_filled_books_legs_at_their_ratio_and_reconciles_clean(
+    fake: FakeTWS, tmp_path: Path
+) -> None:
+    """A 1x2 BAG: IB executes each leg (ratio x units) plus the combo itself; the legs are booked, the
+    combo's own execution is not, and a restart reconciles the partial fill without a difference."""
+    first = AgentRuntime(settings(fake, tmp_path))
+    a = Agent(first)
+    await first.start()
+    await streaming(a, 18)
+    legs = [
+        {"strike": 590.0, "right": "C", "side": "BUY", "ratio": 1},
+        {"strike": 593.0, "right": "C", "side": "SELL", "ratio": 2},
+    ]
+    net_bid = fake.quote(590.0, "C")[0] - 2 * fake.quote(593.0, "C")[1]
+    out = await a.command(
+        "submit_order", side="BUY", quantity=2, limit_price=f"{net_bid - 0.02:.2f}", legs=legs
+    )
+    assert out.accepted, out.message
+    await eventually(lambda: a.order(out.client_order_id).state is OrderState.WORKING)
+    (bo,) = [o for o in fake.orders.values() if o.orderRef == out.client_order_id]
+    fake.fill(bo.orderId, quantity=1)
+    await eventually(lambda: a.order(out.client_order_id).leg_filled == [1, 2])
+    await asyncio.sleep(0.3)
+    order = a.order(out.client_order_id)
+    assert order.state is OrderState.PARTIALLY_FILLED
+    assert order.filled == 1
+    assert order.commission == Decimal("1.95")  # 3 option contracts; the combo's own execution is not booked
+    await first.stop()
+    second = AgentRuntime(settings(fake, tmp_path))
+    b = Agent(second)
+    await second.start()
+    try:
+        assert "executor.fail_closed" not in b.codes(), [n.message for n in b.notices]
+        again = b.order(out.client_order_id)
+        assert again.leg_filled == [1, 2]
+        assert again.state is OrderState.PARTIALLY_FILLED
+        fake.fill(bo.orderId)
+        await eventually(lambda: b.order(out.client_order_id).state is OrderState.FILLED)
+        assert b.order(out.client_order_id).leg_filled == [2, 4]
+    finally:
+        await second.stop()
+
+
+async def test_a_cancel_asked_while_the_gateway_is_down_goes_out_when_it_is_back(
+    fake: FakeTWS, start: Starter
+) -> None:
+    """A halt during the nightly restart: the resting order still works at IB, so the cancel must not be
+    dropped as 'rejected, not connected' (the order back to working); it goes out on reconnect."""
+    agent = await start()
+    await streaming(agent, 18)
+    out = await agent.command("submit_order", **buy_call(590.0, resting(fake, 590.0), 1))
+    assert out.accepted, out.message
+    await eventually(lambda: agent.order(out.client_order_id).state is OrderState.WORKING)
+    (bo,) = [o for o in fake.orders.values() if o.orderRef == out.client_order_id]
+    fake.faults.client_ids_in_use = {5, 6, 7}  # the Gateway refuses every login for a while
+    await fake.drop_connections()
+    await eventually(lambda: "ib.disconnected" in agent.codes())
+    halted = await agent.command("halt", reason="gateway restart")
+    assert halted.accepted
+    await asyncio.sleep(0.3)
+    assert agent.order(out.client_order_id).state is OrderState.PENDING_CANCEL
+    assert fake.orders[bo.orderId].status == "Submitted"
+    fake.faults.client_ids_in_use = set()
+    await eventually(lambda: agent.order(out.client_order_id).state is OrderState.CANCELLED)
+    assert fake.orders[bo.orderId].status == "Cancelled"

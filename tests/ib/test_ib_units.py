@@ -333,21 +333,93 @@ async def test_broker_commission_timeout_rejects_and_spread_legs() -> None:
     await asyncio.sleep(0.15)
     (f,) = broker.pump()
     assert isinstance(f, OrderFilled)
-    assert (f.fill.leg, f.fill.side, f.fill.commission) == (1, Side.SELL, 0)
-    # 201 for an order IB never acknowledged is a rejection; a cancel problem is a cancel rejection
+    assert (f.fill.leg, f.fill.side, f.fill.commission) == (1, Side.SELL, Decimal(0))
+    # 201 for an order IB never acknowledged is a rejection once IB's book confirms it (Inactive here);
+    # a cancel problem is a cancel rejection
     open_order(conn, "edge1-20251125-000003", 9, 903, "PendingSubmit")
     conn.ib.wrapper.error(9, 201, "Order rejected - reason: no trading permissions", "")
     conn.ib.wrapper.error(8, 161, "Cancel attempted when order is not in a cancellable state", "")
     reports = broker.pump()
-    assert (
+    assert not any(isinstance(r, OrderRejected) for r in reports)
+    assert any(isinstance(r, CancelRejected) and r.client_order_id == spread.client_order_id for r in reports)
+    status(conn, 9, 903, "Inactive")
+    assert broker.pump() == [
         OrderRejected(
             "edge1-20251125-000003", 42, "IB rejected: Order rejected - reason: no trading permissions"
         )
-        in reports
-    )
-    assert any(isinstance(r, CancelRejected) and r.client_order_id == spread.client_order_id for r in reports)
+    ]
     status(conn, 9, 903, "Inactive")
-    assert broker.pump() == []  # already closed by the 201
+    assert broker.pump() == []  # once
+    broker.close()
+
+
+async def test_broker_201_then_a_working_status_keeps_the_order_open() -> None:
+    """IB may send error 201 and then work the order after all: the order is not declared rejected on
+    the error alone (it would be live at IB, unknown to the executor, and impossible to cancel)."""
+    rec = Recorder()
+    broker, conn = make_broker(rec)
+    cid = "edge1-20251125-000006"
+    open_order(conn, cid, 14, 906, "PendingSubmit")
+    conn.ib.wrapper.error(14, 201, "Order rejected - reason: margin check pending", "")
+    status(conn, 14, 906, "Submitted")
+    reports = broker.pump()
+    assert not any(isinstance(r, OrderRejected) for r in reports)
+    assert OrderAccepted(cid, "906", 42) in reports
+    assert not broker.known[cid].closed
+    assert "broker.rejected" in rec.codes()  # still said loudly
+    broker.close()
+
+
+def test_broker_owns_exactly_its_client_order_ids_of_the_session() -> None:
+    rec = Recorder()
+    conn = connection(rec)
+    b = IBBroker(conn, conn.settings, clock_ns=lambda: 42, order_ref_prefix="edge1", session_date="20251125")
+    assert b.ours("edge1-20251125-000001")
+    assert not b.ours("edge1-20251124-000007")  # yesterday's (TWS can list several days of executions)
+    assert not b.ours("edge1-b-20251125-000001")  # another executor whose prefix starts like ours
+    assert not b.ours("edge1-manual")  # a hand-typed orderRef
+    assert not b.ours("edge1-20251125-000001x")
+    assert not b.ours(None)
+    any_day = IBBroker(connection(rec), conn.settings, clock_ns=lambda: 42, order_ref_prefix="edge1")
+    assert any_day.ours("edge1-20251124-000007")
+    assert not any_day.ours("edge1-b-20251125-000001")
+    b.close()
+    any_day.close()
+
+
+async def test_broker_never_books_a_malformed_execution_and_never_raises() -> None:
+    rec = Recorder()
+    broker, conn = make_broker(rec, commission_wait_s=0.0)
+    intent = single_leg("edge1-20251125-000007", call_contract(), Side.BUY, 2, "1.30", 1)
+    broker._intents[intent.client_order_id] = intent
+    execution(conn, "n1", intent.client_order_id, shares=math.nan)
+    execution(conn, "n2", intent.client_order_id, price=math.nan)
+    execution(conn, "n3", intent.client_order_id, price=math.inf)
+    execution(conn, "n4", intent.client_order_id, shares=1.5)
+    assert broker.pump() == []
+    assert rec.codes().count("broker.bad_execution") == 4
+    for bad in ("n1", "n2"):
+        ex = Execution(execId=bad, orderRef=intent.client_order_id, side="BOT", shares=math.nan, price=1.0)
+        assert broker.fill_from(option(590.0, "C", 11), ex) is None  # what executions() uses: no raise
+    execution(conn, "ok", intent.client_order_id)
+    (good,) = broker.pump()
+    assert isinstance(good, OrderFilled)
+    broker.close()
+
+
+async def test_broker_says_when_a_commission_comes_after_its_fill_was_booked() -> None:
+    rec = Recorder()
+    broker, conn = make_broker(rec, commission_wait_s=0.02)
+    intent = single_leg("edge1-20251125-000008", call_contract(), Side.BUY, 1, "1.30", 1)
+    broker._intents[intent.client_order_id] = intent
+    execution(conn, "c1", intent.client_order_id)
+    await asyncio.sleep(0.1)
+    (f,) = broker.pump()
+    assert isinstance(f, OrderFilled)
+    assert f.fill.commission == 0
+    conn.ib.wrapper.commissionReport(CommissionReport(execId="c1", commission=0.65, currency="USD"))
+    assert "broker.late_commission" in rec.codes()
+    assert broker.pump() == []  # never a second fill
     broker.close()
 
 
@@ -361,7 +433,7 @@ async def test_broker_refuses_to_send_when_disconnected_and_is_idempotent() -> N
     assert "not connected" in r.reason
     open_order(conn, "edge1-20251125-000005", 12, 905)
     broker.pump()
-    again = single_leg("edge1-20251125-000005", call_contract(), Side.BUY, 1, "1.10", 1)
+    again = single_leg("edge1-20251125-000005", call_contract(), Side.BUY, 2, "1.10", 1)
     await broker.submit(again)  # already at IB: not sent, the ack repeated
     assert broker.pump() == [OrderAccepted("edge1-20251125-000005", "905", 42)]
     assert broker.duplicate_submits == 1
@@ -378,3 +450,210 @@ def test_ib_status_to_order_state() -> None:
     assert state_of("Filled", True) is S.FILLED
     assert state_of("ApiCancelled", False) is S.CANCELLED
     assert state_of("Inactive", False) is S.REJECTED
+
+
+async def test_reconnect_backs_off_through_a_restart_and_a_gateway_that_accepts_then_drops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The nightly restart refuses connections for minutes, and a Gateway coming up may accept a socket
+    and close it at once: the backoff keeps growing through both, it does not restart at the initial delay
+    after each short-lived connection (which would hammer the Gateway every second)."""
+    import agent.ib.connection as connection_module
+
+    attempts: list[int] = []
+
+    def record(attempt: int, initial: float, cap: float, rng: random.Random) -> float:
+        attempts.append(attempt)
+        return 0.001
+
+    monkeypatch.setattr(connection_module, "backoff_delay", record)
+    rec = Recorder()
+    conn = connection(rec, reconnect_initial_s=1.0, reconnect_max_s=60.0)
+    script = ["failed"] * 4 + ["ok"] * 4  # four refusals, then four connections dropped at once
+
+    async def connect_once(client_id: int) -> str:
+        outcome = script.pop(0) if script else "failed"
+        if outcome == "ok":
+            conn.connects += 1
+            asyncio.get_running_loop().call_soon(conn._dropped.set)
+        return outcome
+
+    monkeypatch.setattr(conn, "_connect_once", connect_once)
+    conn.start()
+    for _ in range(200):
+        if len(attempts) >= 9:
+            break
+        await asyncio.sleep(0.005)
+    await conn.close()
+    assert attempts[:9] == list(range(9))
+
+
+async def test_broker_verifies_an_order_whose_error_came_while_a_verification_ran(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Errors on two orders, the second arriving while IB's orders are being re-read for the first: both
+    are settled from IB's book (neither is left open forever)."""
+    import agent.ib.broker as broker_module
+
+    monkeypatch.setattr(broker_module, "VERIFY_DELAY_S", 0.01)
+    rec = Recorder()
+    broker, conn = make_broker(rec)
+    monkeypatch.setattr(conn, "is_connected", lambda: True)
+    open_order(conn, "edge1-20251125-000011", 21, 0, "PendingSubmit")
+    open_order(conn, "edge1-20251125-000012", 22, 0, "PendingSubmit")
+    reads = 0
+
+    async def all_open_orders() -> list[Any]:
+        nonlocal reads
+        reads += 1
+        if reads == 1:  # the second order's error lands while the first pass waits for IB
+            conn.ib.wrapper.error(22, 200, "No security definition has been found for the request", "")
+        await asyncio.sleep(0)
+        return []
+
+    async def completed_orders(api_only: bool) -> list[Any]:
+        return []
+
+    monkeypatch.setattr(conn.ib, "reqAllOpenOrdersAsync", all_open_orders)
+    monkeypatch.setattr(conn.ib, "reqCompletedOrdersAsync", completed_orders)
+    conn.ib.wrapper.error(21, 200, "No security definition has been found for the request", "")
+    for _ in range(100):
+        if len([r for r in broker._out if isinstance(r, OrderRejected)]) == 2:
+            break
+        await asyncio.sleep(0.01)
+    rejected = {r.client_order_id for r in broker.pump() if isinstance(r, OrderRejected)}
+    assert rejected == {"edge1-20251125-000011", "edge1-20251125-000012"}
+    broker.close()
+
+
+async def test_broker_positions_with_malformed_values_are_reported_not_raised(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ib_async import Position
+
+    rec = Recorder()
+    broker, conn = make_broker(rec)
+    monkeypatch.setattr(conn, "is_connected", lambda: True)
+    rows = [
+        Position("DU1", option(590.0, "C", 11), math.nan, 120.0),
+        Position("DU1", Option("SPY", EXPIRY, 591.0, "C", "SMART", multiplier="0", conId=12), 1.0, 1.0),
+        Position("DU1", option(592.0, "P", 13), -2.0, 85.0),
+    ]
+
+    async def positions() -> list[Any]:
+        return rows
+
+    monkeypatch.setattr(conn.ib, "reqPositionsAsync", positions)
+    (good,) = await broker.positions()
+    assert (good.contract.strike, good.quantity, good.avg_cost) == (592.0, -2, Decimal("0.85"))
+    assert rec.codes().count("broker.bad_position") == 2
+    broker.close()
+
+
+async def test_broker_never_merges_an_intent_into_another_order_with_its_order_ref() -> None:
+    """Two executors with one prefix, or a journal restarted mid-day, hand out an id IB already has for a
+    different order: the intent is refused loudly (not silently taken as sent), and that order's reports
+    are never booked to it. The very same order again is an idempotent retry."""
+    rec = Recorder()
+    broker, conn = make_broker(rec)
+    cid = "edge1-20251125-000001"
+    open_order(conn, cid, 30, 930, "Submitted")  # BUY 2, placed by someone else under this orderRef
+    broker.pump()
+    other = single_leg(cid, call_contract(595.0), Side.SELL, 1, "0.40", 1)
+    await broker.submit(other)
+    (r,) = broker.pump()
+    assert isinstance(r, OrderRejected)
+    assert "different order" in r.reason
+    assert "broker.order_ref_collision" in rec.codes()
+    execution(conn, "x1", cid)  # the other order fills: not ours to book
+    status(conn, 30, 930, "Filled", filled=2.0)
+    assert broker.pump() == []
+    # the same order (same side, quantity, no limit known) is a retry: acknowledged, not sent again
+    same_cid = "edge1-20251125-000002"
+    open_order(conn, same_cid, 31, 931, "Submitted")
+    broker.pump()
+    same = single_leg(same_cid, call_contract(), Side.BUY, 2, "1.30", 1)
+    await broker.submit(same)
+    assert broker.pump() == [OrderAccepted(same_cid, "931", 42)]
+    broker.close()
+
+
+async def test_broker_sends_an_order_once_when_a_retry_overtakes_the_first_submit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Idempotent on the client order id even while the first submit still waits (here for a spread
+    leg's contract details): a concurrent retry of the same id is not a second order at IB."""
+    from ib_async import ContractDetails, Trade
+
+    rec = Recorder()
+    broker, conn = make_broker(rec)
+    monkeypatch.setattr(conn, "is_connected", lambda: True)
+    broker._synced.set()
+
+    async def details(spec: Any) -> list[Any]:
+        await asyncio.sleep(0.02)
+        return [ContractDetails(contract=option(spec.strike, spec.right, int(spec.strike * 10)))]
+
+    placed: list[Any] = []
+
+    def place(contract: Any, order: Any) -> Any:
+        order.orderId = 40 + len(placed)
+        placed.append(order)
+        return Trade(contract=contract, order=order)
+
+    monkeypatch.setattr(conn.ib, "reqContractDetailsAsync", details)
+    monkeypatch.setattr(conn.ib, "placeOrder", place)
+    legs = (OrderLeg(call_contract(590.0), Side.BUY), OrderLeg(call_contract(595.0), Side.SELL))
+    spread = OrderIntent("edge1-20251125-000020", Side.BUY, 1, Decimal("2.00"), legs, 1)
+    await asyncio.gather(broker.submit(spread), broker.submit(spread))
+    assert len(placed) == 1
+    assert broker.duplicate_submits == 1
+    broker.close()
+
+
+async def test_a_connection_closed_while_connecting_stays_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    rec = Recorder()
+    conn = connection(rec)
+    release = asyncio.Event()
+    state = {"connected": False, "disconnects": 0}
+
+    async def connect_async(*args: Any, **kwargs: Any) -> None:
+        await release.wait()
+        state["connected"] = True
+
+    def disconnect() -> None:
+        state["disconnects"] += 1
+        state["connected"] = False
+
+    monkeypatch.setattr(conn.ib, "connectAsync", connect_async)
+    monkeypatch.setattr(conn.ib, "isConnected", lambda: state["connected"])
+    monkeypatch.setattr(conn.ib, "disconnect", disconnect)
+    ran: list[bool] = []
+
+    async def on_connected(first: bool) -> None:
+        ran.append(first)
+
+    conn.callbacks.connected.append(on_connected)
+    conn.start()
+    await asyncio.sleep(0.05)
+    conn.disconnect()  # the owner shuts down while the Gateway is still answering the handshake
+    release.set()
+    await asyncio.sleep(0.1)
+    assert not conn.connected.is_set()
+    assert not state["connected"]
+    assert ran == []
+    await conn.close()
+
+
+async def test_broker_takes_a_status_from_an_open_order_with_malformed_fields() -> None:
+    rec = Recorder()
+    broker, _conn = make_broker(rec)
+    cid = "edge1-20251125-000030"
+    o = Order(orderId=50, clientId=7, permId=950, orderRef=cid, action="BUY")
+    o.totalQuantity = None  # type: ignore[assignment]
+    o.lmtPrice = "x"  # type: ignore[assignment]
+    broker._tap_open_order(50, option(590.0, "C", 11), o, OrderState(status="Cancelled"))
+    reports = broker.pump()
+    assert OrderAccepted(cid, "950", 42) not in reports  # a cancel is not an ack
+    assert any(isinstance(r, OrderCancelled) for r in reports)
+    broker.close()

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from agent.domain import ChainBook, Right
+from agent.domain import ChainBook, QuoteFlag, Right
 from agent.executor.orders import Fill, Order, OrderAccepted, OrderIntent, OrderLeg, Origin, Side
 from agent.executor.positions import PnL, PositionBook
 from agent.executor.risk import (
@@ -253,3 +253,15 @@ def test_working_order_acknowledged_still_counts() -> None:
     assert "max_position_contract" in codes(
         RiskEngine(RiskLimits(max_position_per_contract=4)).check(intent(), ctx(working=(o,)))
     )
+
+
+def test_quote_flagged_stale_is_denied_even_when_young() -> None:
+    """A quote the feed flagged STALE (e.g. held across an IB connectivity gap) is never traded on,
+    however recent its timestamp looks."""
+    e = RiskEngine(RiskLimits(max_quote_age_ms=500))
+    stale = dataclasses.replace(quote(590.0, bid=1.90, ask=2.00, ts=NOW), flags=QuoteFlag.STALE)
+    denials = e.check(intent(), ctx(book=book(stale), book_ts_ns=NOW))
+    assert "quote_stale" in codes(denials)
+    assert any("flagged stale" in d.reason for d in denials if d.code == "quote_stale")
+    fresh = quote(590.0, bid=1.90, ask=2.00, ts=NOW)
+    assert "quote_stale" not in codes(e.check(intent(), ctx(book=book(fresh), book_ts_ns=NOW)))
