@@ -32,7 +32,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from enum import Enum
 from pathlib import Path
@@ -44,6 +44,8 @@ from agent.domain import ChainBook, ChainUpdate, UnderlyingTick
 from agent.executor.core import Denied, OrderFlow
 from agent.executor.journal import Journal, JournalError
 from agent.executor.orders import (
+    PLAYBOOK_OPERATOR,
+    RISK_OPERATOR,
     ZERO,
     Fill,
     Order,
@@ -456,7 +458,7 @@ class _Run:
         )
 
     async def place(self, plan: PlannedOrder) -> None:
-        await self.send(lambda cid: plan.intent(cid), plan.purpose)
+        await self.send(lambda cid: replace(plan.intent(cid), operator=PLAYBOOK_OPERATOR), plan.purpose)
 
     async def send(self, build: Callable[[str], OrderIntent], purpose: Purpose) -> None:
         placed = await self.flow.place(build, lambda i: self.risk.check(i, self.context()))
@@ -494,7 +496,7 @@ class _Run:
         intents, problems = flatten_intents(self.flow.positions, self.book, self.now)
         self.notes.extend(f"flatten: {p}" for p in problems)
         for intent in intents:
-            await self.send(under_id(intent), Purpose.FLATTEN)
+            await self.send(under_id(replace(intent, operator=RISK_OPERATOR)), Purpose.FLATTEN)
 
     # ------------------------------------------------------------- the end
 

@@ -168,6 +168,7 @@ def order_to_pb(o: OrderUpdated, out: pb.OrderUpdate) -> None:
     out.avg_price = "" if o.avg_price is None else str(o.avg_price)
     out.reason = o.reason
     out.source = o.origin
+    out.operator = o.operator
 
 
 def proposal_to_pb(p: ProposalChanged, out: pb.Proposal) -> None:

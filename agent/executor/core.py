@@ -9,7 +9,10 @@ that wires it into the agent gives it a journal, a broker and a risk veto, forwa
 * :meth:`place` allocates the client order id from the journal, runs the veto, **commits the intent**,
   and only then sends it.
 * :meth:`on_report` journals a report (a repeated execution id is dropped by the journal's unique
-  index) and then folds it into the order.
+  index; a commission correction that changes nothing is not journaled) and then folds it into the
+  order and the positions. An execution reported again with another, non-zero commission than the one
+  booked (a broker re-listing its executions once the commission is known) is booked as a
+  :class:`~agent.executor.orders.CommissionCorrected`.
 
 ``crash_hook`` is called with a point name at the moments a crash hurts most (the crash test kills the
 process there): ``intent_journaled`` (before the send), ``sent`` (before the ack), ``fill_received``
@@ -26,8 +29,10 @@ from agent.executor.broker import Broker
 from agent.executor.fencing import NotLeaderError
 from agent.executor.journal import Journal
 from agent.executor.orders import (
+    ZERO,
     Applied,
     CancelRequested,
+    CommissionCorrected,
     Order,
     OrderFilled,
     OrderIntent,
@@ -151,14 +156,25 @@ class OrderFlow:
             return None
         if isinstance(report, OrderFilled):
             self.crash_hook("fill_received")
+            fill = report.fill
+            booked = self.orders[fill.client_order_id].fills.get(fill.exec_id)
+            if booked is not None and fill.commission > ZERO and booked.commission != fill.commission:
+                report = CommissionCorrected(
+                    fill.client_order_id, fill.exec_id, fill.commission, self.clock()
+                )
         return self._book(report)
 
     def _book(self, report: OrderReport) -> Applied:
         order = self.orders[report.client_order_id]
+        if isinstance(report, CommissionCorrected) and not order.corrects(report):
+            # a repeat, or for an execution never booked: nothing to journal (replay would ignore it)
+            return order.apply(report)
         if not self.journal.record_report(report):
             return Applied(Outcome.DUPLICATE, order.state, "execution already journaled")
         result = order.apply(report)
         if isinstance(report, OrderFilled) and result.booked:
             fill = report.fill
             self.positions.apply(fill, order.intent.legs[fill.leg].contract)
+        elif isinstance(report, CommissionCorrected) and result.booked:
+            self.positions.correct_commission(report.exec_id, report.commission)
         return result

@@ -26,6 +26,7 @@ class OrderUpdated:
     reason: str
     origin: str
     signal_id: str
+    operator: str = ""  # who sent the order (OrderIntent.operator)
 
     @classmethod
     def of(cls, order: Order) -> OrderUpdated:
@@ -44,6 +45,7 @@ class OrderUpdated:
             reason=order.reason,
             origin=i.origin.value,
             signal_id=i.signal_id,
+            operator=i.operator,
         )
 
 

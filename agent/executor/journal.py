@@ -1,8 +1,8 @@
 """The executor's write-ahead journal: SQLite in WAL mode, one writer, guarded by a file lock.
 
 Order of writes (the rule everything else relies on): an intent is *committed* here before the broker
-sees it; every report from the broker (ack, fill, cancel, reject, expiry) and every local cancel request
-is appended as it arrives. On start the executor rebuilds its orders by replaying the journal through
+sees it; every report from the broker (ack, fill, commission correction, cancel, reject, expiry) and every
+local cancel request is appended as it arrives. On start the executor rebuilds its orders by replaying the journal through
 the same state machine (:meth:`Journal.load`), then reconciles with the broker.
 
 Durability: ``journal_mode=WAL`` with ``synchronous=FULL``. In WAL mode ``NORMAL`` already survives a
@@ -44,6 +44,7 @@ from agent.executor.orders import (
     Applied,
     CancelRejected,
     CancelRequested,
+    CommissionCorrected,
     Contract,
     Fill,
     Order,
@@ -140,6 +141,7 @@ def intent_to_dict(i: OrderIntent) -> dict[str, Any]:
         "origin": i.origin.value,
         "tif": i.tif,
         "signal_id": i.signal_id,
+        "operator": i.operator,
     }
 
 
@@ -158,6 +160,7 @@ def intent_from_dict(d: dict[str, Any]) -> OrderIntent:
         origin=Origin(d["origin"]),
         tif=d["tif"],
         signal_id=d["signal_id"],
+        operator=str(d.get("operator", "")),  # absent in journals written before it was recorded
     )
 
 
@@ -204,6 +207,9 @@ def report_to_row(r: OrderReport) -> tuple[str, str | None, int, dict[str, Any]]
             return "cancel_rejected", None, r.ts_ns, {"reason": r.reason}
         case CancelRequested():
             return "cancel_requested", None, r.ts_ns, {}
+        case CommissionCorrected():
+            # exec_id stays NULL in its column: that unique index belongs to the fill itself
+            return "commission", None, r.ts_ns, {"exec_id": r.exec_id, "commission": str(r.commission)}
     raise TypeError(f"not an order report: {r!r}")
 
 
@@ -223,6 +229,8 @@ def report_from_row(cid: str, kind: str, ts_ns: int, body: dict[str, Any]) -> Or
             return CancelRejected(cid, ts_ns, body["reason"])
         case "cancel_requested":
             return CancelRequested(cid, ts_ns)
+        case "commission":
+            return CommissionCorrected(cid, body["exec_id"], Decimal(body["commission"]), ts_ns)
     raise JournalError(f"journal has a report of unknown kind {kind!r} (written by a newer version?)")
 
 

@@ -25,6 +25,15 @@ fill is ignored, a duplicate execution id is ignored. Terminal states (filled, c
 expired) are final, with one exception: a *late fill* (the broker executed before it cancelled or
 expired the order, and the reports crossed) is still booked, because the position is real; when such a
 fill completes the quantity the order becomes ``filled``.
+
+A :class:`CommissionCorrected` report sets the commission of a fill already booked (a broker that
+reports commissions separately, late, or differently after a restart). It never changes the state, is
+applied in any state (terminal included), and is idempotent: a correction to the commission the fill
+already has is ignored, as is one for an execution the order does not have.
+
+``OrderIntent.operator`` names who sent the order: the operator of a manual order, the operator who
+confirmed a playbook proposal (``"playbook"`` when the playbook trades on its own), the operator who
+asked for a flatten (or the automatic action that did).
 """
 
 from __future__ import annotations
@@ -142,6 +151,11 @@ class Origin(Enum):
     FLATTEN = "flatten"
 
 
+PLAYBOOK_OPERATOR: Final = "playbook"  # sender of the orders the playbook places on its own (auto, exits)
+DEADMAN_OPERATOR: Final = "dead-man"  # sender of a flatten taken by the dead-man switch
+RISK_OPERATOR: Final = "risk"  # sender of a flatten taken on the hard loss limit
+
+
 @dataclass(frozen=True, slots=True)
 class OrderIntent:
     """An order as decided, before any broker has seen it.
@@ -161,6 +175,7 @@ class OrderIntent:
     origin: Origin = Origin.STRATEGY
     tif: str = "DAY"
     signal_id: str = ""
+    operator: str = ""  # who sent it (see the module docstring); "" in journals written before it existed
 
     def __post_init__(self) -> None:
         if not self.client_order_id:
@@ -217,6 +232,7 @@ def single_leg(
     lease_epoch: int = 0,
     origin: Origin = Origin.STRATEGY,
     signal_id: str = "",
+    operator: str = "",
 ) -> OrderIntent:
     """A one-contract order (the common case), price checked against the contract's tick."""
     price = as_price(limit_price, contract.tick)
@@ -230,6 +246,7 @@ def single_leg(
         lease_epoch=lease_epoch,
         origin=origin,
         signal_id=signal_id,
+        operator=operator,
     )
 
 
@@ -317,6 +334,25 @@ class CancelRequested:
     ts_ns: int
 
 
+@dataclass(frozen=True, slots=True)
+class CommissionCorrected:
+    """The commission of execution ``exec_id`` (already booked) is ``commission``, not what was booked.
+
+    Sent when a broker's commission report arrives after the fill was booked without it, or when the
+    broker's executions show another commission at reconciliation."""
+
+    client_order_id: str
+    exec_id: str
+    commission: Decimal
+    ts_ns: int
+
+    def __post_init__(self) -> None:
+        if not self.exec_id:
+            raise OrderError("a commission correction needs the execution id it corrects")
+        if not (self.commission.is_finite() and self.commission >= ZERO):
+            raise OrderError(f"commission must be a finite amount >= 0, got {self.commission}")
+
+
 OrderReport = (
     OrderAccepted
     | OrderFilled
@@ -325,6 +361,7 @@ OrderReport = (
     | OrderExpired
     | CancelRejected
     | CancelRequested
+    | CommissionCorrected
 )
 
 
@@ -455,6 +492,8 @@ class Order:
             return Applied(Outcome.REFUSED, self.state, "report for another order")
         if isinstance(report, OrderFilled):
             return self._fill(report.fill)
+        if isinstance(report, CommissionCorrected):
+            return self._correct_commission(report)
         if self.state.terminal:
             return Applied(Outcome.IGNORED, self.state, f"{type(report).__name__} after {self.state.value}")
         match report:
@@ -489,6 +528,27 @@ class Order:
                     self.reason = why
                     self._move(S.REJECTED)
         return Applied(Outcome.APPLIED, self.state)
+
+    def corrects(self, report: CommissionCorrected) -> bool:
+        """Whether ``report`` would change a booked fill's commission (False: a repeat or unknown)."""
+        fill = self.fills.get(report.exec_id)
+        return fill is not None and fill.commission != report.commission
+
+    def _correct_commission(self, report: CommissionCorrected) -> Applied:
+        fill = self.fills.get(report.exec_id)
+        if fill is None:
+            return Applied(Outcome.IGNORED, self.state, f"commission for unknown execution {report.exec_id}")
+        if fill.commission == report.commission:
+            return Applied(
+                Outcome.DUPLICATE, self.state, f"execution {report.exec_id} already has that commission"
+            )
+        self.fills[report.exec_id] = replace(fill, commission=report.commission)
+        self.commission += report.commission - fill.commission
+        return Applied(
+            Outcome.APPLIED,
+            self.state,
+            f"commission of {report.exec_id}: {fill.commission} -> {report.commission}",
+        )
 
     def _fill(self, fill: Fill) -> Applied:
         if fill.exec_id in self.fills:

@@ -129,7 +129,7 @@ class PositionBook:
     """Positions by contract (OSI symbol), folded from fills; an execution id counts once."""
 
     _open: dict[str, _Open] = field(default_factory=dict)
-    _seen: set[str] = field(default_factory=set)
+    _seen: dict[str, tuple[str, Decimal]] = field(default_factory=dict)  # exec id -> (OSI, commission)
 
     @classmethod
     def from_orders(cls, orders: Iterable[Order]) -> PositionBook:
@@ -143,7 +143,7 @@ class PositionBook:
         """Book ``fill`` of ``contract``; False when its execution id was booked already."""
         if fill.exec_id in self._seen:
             return False
-        self._seen.add(fill.exec_id)
+        self._seen[fill.exec_id] = (contract.osi, fill.commission)
         p = self._open.setdefault(contract.osi, _Open(contract))
         signed = fill.side.sign * fill.quantity
         p.fees += fill.commission
@@ -161,6 +161,18 @@ class PositionBook:
         elif (p.quantity > 0) != (direction > 0):  # through zero: the rest opens at the fill price
             p.avg = fill.price
         return True
+
+    def correct_commission(self, exec_id: str, commission: Decimal) -> Contract | None:
+        """Set the commission of the booked execution ``exec_id``: its position's fees move by the
+        difference. The contract whose fees changed, or None (unknown execution, same commission)."""
+        seen = self._seen.get(exec_id)
+        if seen is None or seen[1] == commission:
+            return None
+        osi, booked = seen
+        self._seen[exec_id] = (osi, commission)
+        p = self._open[osi]
+        p.fees += commission - booked
+        return p.contract
 
     def positions(self, include_flat: bool = False) -> list[Position]:
         return [

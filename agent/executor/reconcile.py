@@ -10,6 +10,9 @@ Explained differences (the normal aftermath of a crash), turned into reports:
 * an execution the journal lacks, of an order it knows: the fill happened while we were down;
 * an order the journal has as pending_new that the broker lists: the ack was lost;
 * an order the broker finished (cancelled, rejected, expired) that the journal still has open;
+* an execution the journal has with another commission than the broker's (booked before the broker's
+  commission report came): the commission is corrected. A zero commission from the broker is taken as
+  "not reported yet" (IB sends commission reports apart from executions), never as a correction;
 * an order the journal has as pending_new that the broker does not know: the process died between
   journaling the intent and sending it. It is closed as rejected and **not** resent: the decision was
   made on prices that are gone; the strategy decides again.
@@ -28,6 +31,8 @@ from dataclasses import dataclass, field
 from agent.domain import Notice, NoticeLevel
 from agent.executor.broker import BrokerOrder, BrokerPosition
 from agent.executor.orders import (
+    ZERO,
+    CommissionCorrected,
     Fill,
     Order,
     OrderAccepted,
@@ -71,7 +76,9 @@ def reconcile(
     reports: list[OrderReport] = []
     notices: list[Notice] = []
     unexplained: list[str] = []
-    counts = dict.fromkeys(("missed_fills", "missed_acks", "missed_closes", "never_sent"), 0)
+    counts = dict.fromkeys(
+        ("missed_fills", "missed_acks", "missed_closes", "never_sent", "commission_corrections"), 0
+    )
 
     def book(r: OrderReport) -> None:
         if work[r.client_order_id].apply(r).booked:
@@ -93,7 +100,11 @@ def reconcile(
         owner = work.get(f.client_order_id)
         if owner is None:
             unexplained.append(f"broker execution {f.exec_id} belongs to unknown order {f.client_order_id}")
-        elif f.exec_id not in owner.fills:
+        elif f.exec_id in owner.fills:
+            if f.commission > ZERO and owner.fills[f.exec_id].commission != f.commission:
+                book(CommissionCorrected(f.client_order_id, f.exec_id, f.commission, now_ns))
+                counts["commission_corrections"] += 1
+        else:
             before = len(reports)
             book(OrderFilled(f))
             if len(reports) == before:

@@ -41,8 +41,10 @@ connection is back its prices are gone.
 
 A fill waits up to ``commission_wait_s`` for its commission report (IB sends it right after the
 execution); if none comes it is reported with zero commission and a warning, and a commission that
-arrives later is a ``broker.late_commission`` notice (the executor's order model has no report that
-amends a booked fill's commission, so the fees stay understated by that amount).
+arrives later is reported as a :class:`~agent.executor.orders.CommissionCorrected` (once per
+execution: IB repeats commission reports, e.g. with every executions request, and a repeat is ignored)
+plus a ``broker.late_commission`` notice. A commission that came while this process was not running is
+corrected by the reconciliation on start, from the commissions of ``executions()``.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ from agent.domain import NoticeLevel, Right
 from agent.executor.broker import BrokerError, BrokerOrder, BrokerPosition
 from agent.executor.orders import (
     CancelRejected,
+    CommissionCorrected,
     Fill,
     OrderAccepted,
     OrderCancelled,
@@ -197,7 +200,7 @@ class IBBroker:
         # executions (TWS can list several days of trades) are not ours to reconcile
         day = re.escape(session_date) if session_date else r"\d{8}"
         self._ours = re.compile(re.escape(order_ref_prefix) + "-" + day + r"-\d+")
-        self._late_commission: set[str] = set()  # executions booked with 0 commission (report came late)
+        self._late_commission: set[str] = set()  # executions booked with 0 commission, not yet corrected
         self._lookup = intents
         self._intents: dict[str, OrderIntent] = {}
         self.known: dict[str, _Known] = {}
@@ -206,6 +209,7 @@ class IBBroker:
         self._commissions: dict[str, float] = {}
         self._pending_fills: dict[str, tuple[Any, Any, asyncio.TimerHandle | None]] = {}
         self.reported_execs: set[str] = set()
+        self._exec_orders: dict[str, str] = {}  # exec id -> client order id of the fills reported
         self._out: deque[OrderReport] = deque()
         self._wake = asyncio.Event()
         self._synced = asyncio.Event()
@@ -541,20 +545,29 @@ class IBBroker:
         if not (0.0 <= commission < 1e9):
             return  # IB's "unset" value
         self._commissions[report.execId] = commission
-        if report.execId in self._late_commission and commission > 0:
-            self._late_commission.discard(report.execId)
-            self.conn.notice(
-                NoticeLevel.WARN,
-                "broker.late_commission",
-                f"IB's commission {commission:g} for execution {report.execId} came after the fill was booked "
-                "with 0: fees are understated by that much",
-            )
+        if report.execId in self._late_commission:
+            self._late_commission.discard(report.execId)  # corrected once: a repeated report is ignored
+            self._correct_late(str(report.execId), commission)
         pending = self._pending_fills.pop(report.execId, None)
         if pending is not None:
             contract, execution, handle = pending
             if handle is not None:
                 handle.cancel()
             self._release(report.execId, contract, execution)
+
+    def _correct_late(self, exec_id: str, commission: float) -> None:
+        """The commission of an execution booked with 0 has come: correct the booked fill."""
+        cid = self._exec_orders.get(exec_id)
+        amount = _money(commission)
+        if cid is None or amount <= 0:
+            return
+        self.conn.notice(
+            NoticeLevel.WARN,
+            "broker.late_commission",
+            f"IB's commission {amount} for execution {exec_id} of {cid} came after the fill was booked with "
+            "0: the fill's commission is corrected",
+        )
+        self._emit(CommissionCorrected(cid, exec_id, amount, self.clock_ns()))
 
     def _commission_timeout(self, exec_id: str) -> None:
         pending = self._pending_fills.pop(exec_id, None)
@@ -563,8 +576,6 @@ class IBBroker:
         contract, execution, _ = pending
         log.warning("IB sent no commission report for execution %s: booked with 0 commission", exec_id)
         self._release(exec_id, contract, execution)
-        if exec_id in self.reported_execs:
-            self._late_commission.add(exec_id)
 
     def _release(self, exec_id: str, contract: Any, execution: Any) -> None:
         if exec_id in self.reported_execs:
@@ -573,6 +584,9 @@ class IBBroker:
         if fill is None:
             return
         self.reported_execs.add(exec_id)
+        self._exec_orders[exec_id] = fill.client_order_id
+        if exec_id not in self._commissions:
+            self._late_commission.add(exec_id)  # booked with 0: corrected when IB's report comes
         self._emit(OrderFilled(fill))
 
     def fill_from(self, contract: Any, execution: Any) -> Fill | None:

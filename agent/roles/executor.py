@@ -8,6 +8,11 @@ journal, so a repeat after a restart still returns the first result) and are pub
 events. A dead-man switch takes its configured action when the executor is armed and no operator
 heartbeat arrived for ``deadman_s``.
 
+Every order names who sent it (``OrderIntent.operator``, journaled and published on each order update):
+the command's operator for a manual order or a flatten, the confirming operator for a playbook
+proposal, ``"playbook"`` for what the playbook sends on its own, ``"dead-man"`` / ``"risk"`` for the
+automatic flattens.
+
 Local fencing is the journal's file lock (one executor per journal); Kubernetes Lease election is
 not wired yet, so ``leader`` is reported true for the process holding the journal.
 """
@@ -47,6 +52,10 @@ from agent.executor.events import (
 from agent.executor.fencing import NotLeaderError
 from agent.executor.journal import Journal
 from agent.executor.orders import (
+    DEADMAN_OPERATOR,
+    PLAYBOOK_OPERATOR,
+    RISK_OPERATOR,
+    CommissionCorrected,
     Contract,
     OrderError,
     OrderFilled,
@@ -326,9 +335,11 @@ class ExecutorRole:
             return
         order = self.flow.orders[report.client_order_id]
         self._rt.publish(OrderUpdated.of(order))
-        if isinstance(report, OrderFilled) and applied.booked:
-            leg = order.intent.legs[report.fill.leg]
-            self._rt.publish(FillBooked(report.fill, leg))
+        if isinstance(report, OrderFilled | CommissionCorrected) and applied.booked:
+            exec_id = report.fill.exec_id if isinstance(report, OrderFilled) else report.exec_id
+            fill = order.fills[exec_id]  # as booked: a corrected commission republishes the fill
+            leg = order.intent.legs[fill.leg]
+            self._rt.publish(FillBooked(fill, leg))
             self._publish_positions(leg.contract.osi)
             self._publish_risk()
 
@@ -399,7 +410,7 @@ class ExecutorRole:
                 if isinstance(out, Proposal):
                     self._rt.publish(ProposalChanged.of(out))
                 else:
-                    await self._place_planned(out)
+                    await self._place_planned(out, PLAYBOOK_OPERATOR)
         for proposal in self.playbook.expire(now):
             self._rt.publish(ProposalChanged.of(proposal))
         for action in self.playbook.on_tick(self.flow, book, now):
@@ -413,10 +424,11 @@ class ExecutorRole:
                     self.risk.record_message(now)
                     self._rt.publish(OrderUpdated.of(order))
             else:
-                await self._place_planned(action)
+                await self._place_planned(action, PLAYBOOK_OPERATOR)
 
-    async def _place_planned(self, plan: PlannedOrder) -> CommandOutcome:
-        outcome = await self._place(lambda cid: plan.intent(cid))
+    async def _place_planned(self, plan: PlannedOrder, operator: str) -> CommandOutcome:
+        """Place a playbook order; ``operator`` is who sent it (the confirming operator, or "playbook")."""
+        outcome = await self._place(lambda cid: replace(plan.intent(cid), operator=operator))
         if not outcome.accepted:
             self._rt.notice(
                 NoticeLevel.WARN,
@@ -435,7 +447,7 @@ class ExecutorRole:
             self._rt.notice(NoticeLevel.ERROR, "risk.loss_limit", action.reason, source="executor")
             if action.flatten:
                 await self._halt("hard loss limit")
-                await self._flatten("hard loss limit")
+                await self._flatten("hard loss limit", RISK_OPERATOR)
 
     async def _check_deadman(self) -> None:
         silent = time.monotonic() - self.last_heartbeat
@@ -449,7 +461,7 @@ class ExecutorRole:
         if self.settings.deadman_action in ("halt", "flatten"):
             await self._halt("dead-man")
         if self.settings.deadman_action == "flatten":
-            await self._flatten("dead-man")
+            await self._flatten("dead-man", DEADMAN_OPERATOR)
 
     # ------------------------------------------------------------- orders
 
@@ -528,7 +540,7 @@ class ExecutorRole:
         return Contract(SYMBOL, expiry, strike, right, book.multiplier, Decimal(str(book.tick)))
 
     def _manual_order(
-        self, side: Side, quantity: int, price: str, legs: list[LegSpec], expiry: str
+        self, side: Side, quantity: int, price: str, legs: list[LegSpec], expiry: str, operator: str
     ) -> OrderIntent:
         """An operator's order, checked against the live chain (unknown contracts, the tick)."""
         contracts = [self._contract(leg.strike, leg.right, expiry) for leg in legs]
@@ -543,6 +555,7 @@ class ExecutorRole:
             order_legs,
             self._rt.clock.now_ns(),
             origin=Origin.MANUAL,
+            operator=operator,
         )
 
     async def _halt(self, reason: str) -> int:
@@ -570,14 +583,15 @@ class ExecutorRole:
         self._publish_risk(force=True)
         return cancelled
 
-    async def _flatten(self, reason: str) -> tuple[int, list[str]]:
-        """Close every position with a marketable limit inside the collar (at the touch)."""
+    async def _flatten(self, reason: str, operator: str) -> tuple[int, list[str]]:
+        """Close every position with a marketable limit inside the collar (at the touch); ``operator``
+        is who asked (an operator's name, or the automatic action)."""
         intents, problems = flatten_intents(
             self.flow.positions, self._rt.log.state.book, self._rt.clock.now_ns()
         )
         sent = 0
         for template in intents:
-            outcome = await self._place(under_id(template))
+            outcome = await self._place(under_id(replace(template, operator=operator)))
             if outcome.accepted:
                 sent += 1
             else:
@@ -611,7 +625,7 @@ class ExecutorRole:
                     outcome = CommandOutcome(False, "invalid", f"unknown command {cmd.kind!r}")
                 else:
                     try:
-                        outcome = await handler(cmd.args)
+                        outcome = await handler(cmd.args, cmd.operator)
                     except (OrderError, ValueError, KeyError, InvalidOperation) as exc:
                         outcome = CommandOutcome(False, "invalid", str(exc).strip("'\""))
                     except BrokerError as exc:  # any other broker call a command made
@@ -635,7 +649,8 @@ class ExecutorRole:
         )
         return replace(outcome, audit_seq=ev.seq)
 
-    def _handlers(self) -> dict[str, Callable[[dict[str, Any]], Awaitable[CommandOutcome]]]:
+    def _handlers(self) -> dict[str, Callable[[dict[str, Any], str], Awaitable[CommandOutcome]]]:
+        """Command handlers by kind; each gets the command's arguments and its operator."""
         return {
             "set_armed": self._cmd_set_armed,
             "set_trading_state": self._cmd_set_trading_state,
@@ -648,7 +663,7 @@ class ExecutorRole:
             "decide_proposal": self._cmd_decide,
         }
 
-    async def _cmd_decide(self, args: dict[str, Any]) -> CommandOutcome:
+    async def _cmd_decide(self, args: dict[str, Any], operator: str) -> CommandOutcome:
         pid, now = str(args["proposal_id"]), self._rt.clock.now_ns()
         try:
             if not args["confirm"]:
@@ -661,15 +676,15 @@ class ExecutorRole:
         for proposal in self.playbook.proposals(pending_only=False):
             if proposal.id == pid:
                 self._rt.publish(ProposalChanged.of(proposal))
-        return await self._place_planned(plan)
+        return await self._place_planned(plan, operator)
 
-    async def _cmd_set_armed(self, args: dict[str, Any]) -> CommandOutcome:
+    async def _cmd_set_armed(self, args: dict[str, Any], operator: str) -> CommandOutcome:
         self.armed = bool(args["armed"])
         if self.armed:
             self.last_heartbeat = time.monotonic()
         return CommandOutcome(True, "ok", "armed" if self.armed else "disarmed")
 
-    async def _cmd_set_trading_state(self, args: dict[str, Any]) -> CommandOutcome:
+    async def _cmd_set_trading_state(self, args: dict[str, Any], operator: str) -> CommandOutcome:
         name = str(args["state"]).strip().lower()
         try:
             state = TradingState(name)
@@ -678,19 +693,19 @@ class ExecutorRole:
         self.flow.state = state
         return CommandOutcome(True, "ok", f"trading state {state.value.upper()}")
 
-    async def _cmd_halt(self, args: dict[str, Any]) -> CommandOutcome:
+    async def _cmd_halt(self, args: dict[str, Any], operator: str) -> CommandOutcome:
         n = await self._halt(str(args.get("reason") or "operator"))
         return CommandOutcome(True, "ok", f"halted: {n} working order(s) cancelled")
 
-    async def _cmd_flatten(self, args: dict[str, Any]) -> CommandOutcome:
-        sent, problems = await self._flatten(str(args.get("reason") or "operator"))
+    async def _cmd_flatten(self, args: dict[str, Any], operator: str) -> CommandOutcome:
+        sent, problems = await self._flatten(str(args.get("reason") or "operator"), operator)
         msg = f"{sent} closing order(s) sent" + (f"; not closed: {'; '.join(problems)}" if problems else "")
         return CommandOutcome(not problems, "ok" if not problems else "partial", msg)
 
-    async def _cmd_heartbeat(self, args: dict[str, Any]) -> CommandOutcome:
+    async def _cmd_heartbeat(self, args: dict[str, Any], operator: str) -> CommandOutcome:
         return CommandOutcome(True, "ok", "heartbeat")
 
-    async def _cmd_cancel(self, args: dict[str, Any]) -> CommandOutcome:
+    async def _cmd_cancel(self, args: dict[str, Any], operator: str) -> CommandOutcome:
         cid = str(args["client_order_id"])
         if cid not in self.flow.orders:
             return CommandOutcome(False, "invalid", f"no order {cid}")
@@ -705,7 +720,7 @@ class ExecutorRole:
             return CommandOutcome(False, "invalid", applied.detail, cid)
         return CommandOutcome(True, "ok", f"cancel requested for {cid}", cid)
 
-    async def _cmd_submit(self, args: dict[str, Any]) -> CommandOutcome:
+    async def _cmd_submit(self, args: dict[str, Any], operator: str) -> CommandOutcome:
         side = Side(str(args["side"]).upper())
         quantity = int(args["quantity"])
         legs = [
@@ -720,7 +735,7 @@ class ExecutorRole:
         if not legs:
             raise ValueError("an order needs at least one leg")
         expiry = str(args.get("expiry") or self._rt.session.expiry)
-        order = self._manual_order(side, quantity, str(args["limit_price"]), legs, expiry)
+        order = self._manual_order(side, quantity, str(args["limit_price"]), legs, expiry, operator)
         if args.get("preview"):
             intent = replace(order, client_order_id="preview")
             denials = self._veto(intent)
@@ -730,7 +745,7 @@ class ExecutorRole:
             return CommandOutcome(not denials, "preview", f"{intent.describe()} {verdict}", "", denials)
         return await self._place(under_id(order))
 
-    async def _cmd_set_limits(self, args: dict[str, Any]) -> CommandOutcome:
+    async def _cmd_set_limits(self, args: dict[str, Any], operator: str) -> CommandOutcome:
         names = {f.name: f for f in fields(RiskLimits)}
         changes: dict[str, Any] = {}
         for key, raw in dict(args["limits"]).items():

@@ -104,6 +104,45 @@ async def test_manual_order_fills_at_the_touch_and_books_a_position(
         await eventually(no_positions)
 
 
+async def test_the_operator_who_sent_an_order_is_published_and_kept(
+    start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    agent = start_agent(**executor_settings(tmp_path))
+    async with AgentClient(agent.address) as client:
+        q = await atm_call(client)
+        sent = await client.execute(cmd(operator="bob", submit_order=buy(q, 1, q.ask + 0.05)))
+        assert sent.accepted, sent.message
+        cid = sent.client_order_id
+
+        async def filled() -> bool:
+            snap = await client.snapshot()
+            return any(o.client_order_id == cid and o.state == "filled" for o in snap.orders)
+
+        await eventually(filled)
+        flat = await client.execute(cmd(operator="carol", flatten=pb.Flatten(reason="test")))
+        assert flat.accepted, flat.message
+        snap = await client.snapshot()
+        by_cid = {o.client_order_id: o for o in snap.orders}
+        assert by_cid[cid].operator == "bob"
+        assert by_cid[cid].source == "manual"
+        (closing,) = [o for o in snap.orders if o.client_order_id != cid]
+        assert (closing.operator, closing.source) == ("carol", "flatten")
+        # every order event on the stream names its sender, from the first (pending_new) on
+        events: list[pb.OrderUpdate] = []
+        async for env in client.stream_once(from_seq=1, topics=["orders"]):
+            if env.HasField("order"):
+                events.append(env.order)
+            if env.HasField("order") and env.order.client_order_id == closing.client_order_id:
+                break
+        mine = [e for e in events if e.client_order_id == cid]
+        assert mine
+        assert mine[0].state == "pending_new"
+        assert {e.operator for e in mine} == {"bob"}
+    assert agent.runtime.executor is not None
+    intents = {i.client_order_id: i for i in agent.runtime.executor.journal.intents()}
+    assert intents[cid].operator == "bob"  # journaled with the intent: it survives a restart
+
+
 async def test_pre_trade_denials_and_bad_commands(start_agent: AgentFactory, tmp_path: Path) -> None:
     agent = start_agent(**executor_settings(tmp_path, operators=("alice",)))
     async with AgentClient(agent.address) as client:
@@ -217,6 +256,11 @@ async def test_playbook_proposals_are_confirmed_or_rejected_by_an_operator(
         )
         # the order is sent, or refused by the pre-trade checks with a reason: never silently dropped
         assert confirmed.accepted or confirmed.denials, confirmed.message
+        if confirmed.accepted:
+            order = next(
+                o for o in (await client.snapshot()).orders if o.client_order_id == confirmed.client_order_id
+            )
+            assert (order.operator, order.source) == ("alice", "strategy")  # who confirmed it
         again = await client.execute(
             cmd(decide_proposal=pb.DecideProposal(proposal_id=first.id, confirm=True))
         )

@@ -128,6 +128,10 @@ class FakeFaults:
     - pacing_limit (addition): more messages than this within 1 s on one connection -> error 100, closed
     - lose_cancels (addition): cancelOrder is recorded in ``cancel_order_calls`` and otherwise dropped, as
       a cancel lost while the Gateway had no link to IB (1100); the order stays working
+    - commission_delay_s (addition): a fill's commissionReport messages are sent this many seconds after
+      its execDetails (to the order's client connections at that time) instead of right after them, as
+      IB does when its commission engine lags; reqExecutions still answers with the commission (it is
+      known at the server). None: sent at once, as before
     """
 
     client_ids_in_use: set[int] = field(default_factory=set)
@@ -140,6 +144,7 @@ class FakeFaults:
     no_secdef_for: set[float] = field(default_factory=set)
     pacing_limit: int | None = None
     lose_cancels: bool = False
+    commission_delay_s: float | None = None
 
 
 @dataclass
@@ -1497,14 +1502,18 @@ class FakeTWS:
                 )
             )  # fmt: skip
         reorder = self.faults.reorder_reports
+        delay = self.faults.commission_delay_s
+        if delay is not None:
+            asyncio.get_running_loop().call_later(delay, self._late_commission_reports, o, execs)
         for conn in self._owner_conns(o):
             if not reorder:
                 self._order_status(conn, o)
                 self._open_order(conn, o)
             for e in execs:
                 self._exec_details(conn, -1, e)
-            for e in execs:
-                self._commission_report(conn, e)
+            if delay is None:
+                for e in execs:
+                    self._commission_report(conn, e)
             if reorder:
                 self._order_status(conn, o)
                 self._open_order(conn, o)
@@ -1518,6 +1527,12 @@ class FakeTWS:
                     self._position_msg(conn, p)
                 if conn.account_sub:
                     self._portfolio_msg(conn, p)
+
+    def _late_commission_reports(self, o: BookOrder, execs: list[FakeExecution]) -> None:
+        """The commissionReports held back by ``faults.commission_delay_s``."""
+        for conn in self._owner_conns(o):
+            for e in execs:
+                self._commission_report(conn, e)
 
     def _owner_conns(self, o: BookOrder) -> list[_Conn]:
         return [c for c in self._conns if c.ready and c.client_id == o.clientId]

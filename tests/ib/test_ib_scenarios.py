@@ -21,7 +21,8 @@ from ib_async import LimitOrder, Option
 from agent.domain import ChainUpdate, ComponentStatus, Notice, QuoteFlag, Right
 from agent.eventlog import Event
 from agent.executor.commands import CommandOutcome, CommandSpec
-from agent.executor.orders import OrderState
+from agent.executor.events import FillBooked
+from agent.executor.orders import CommissionCorrected, OrderState
 from agent.runtime import AgentRuntime
 from agent.session import session_on_or_after, today_new_york
 from agent.settings import load_settings
@@ -688,3 +689,100 @@ async def test_a_cancel_asked_while_the_gateway_is_down_goes_out_when_it_is_back
     fake.faults.client_ids_in_use = set()
     await eventually(lambda: agent.order(out.client_order_id).state is OrderState.CANCELLED)
     assert fake.orders[bo.orderId].status == "Cancelled"
+
+
+def _fees(agent: Agent) -> Decimal:
+    assert agent.rt.executor is not None
+    return agent.rt.executor.flow.positions.fees
+
+
+def _corrections(agent: Agent) -> list[CommissionCorrected]:
+    assert agent.rt.executor is not None
+    return [r for r in agent.rt.executor.journal.reports() if isinstance(r, CommissionCorrected)]
+
+
+async def test_a_commission_report_after_the_fill_was_booked_corrects_the_fees(
+    fake: FakeTWS, tmp_path: Path
+) -> None:
+    """IB's commission report comes after the executor stopped waiting for it: the fill is booked with 0
+    and then corrected, once (IB repeats the report), journaled, published, and kept across a restart."""
+    fake.faults.commission_delay_s = 0.8
+    fake.faults.duplicate_reports = True
+    first = AgentRuntime(settings(fake, tmp_path, commission_wait_s=0.1))
+    a = Agent(first)
+    fills: list[FillBooked] = []
+    first.log.add_listener(
+        lambda ev: fills.append(ev.payload) if isinstance(ev.payload, FillBooked) else None
+    )
+    await first.start()
+    try:
+        await streaming(a, 18)
+        ask = fake.quote(590.0, "C")[1]
+        out = await a.command("submit_order", **buy_call(590.0, ask, 2))
+        assert out.accepted, out.message
+        await eventually(lambda: a.order(out.client_order_id).state is OrderState.FILLED)
+        order = a.order(out.client_order_id)
+        assert order.commission == 0  # booked before IB's commission report came
+        await eventually(lambda: a.order(out.client_order_id).commission == Decimal("1.30"))
+        assert _fees(a) == Decimal("1.30")
+        await asyncio.sleep(0.3)  # the repeated report has come too
+        (exec_id,) = order.fills
+        assert _corrections(a) == [
+            CommissionCorrected(out.client_order_id, exec_id, Decimal("1.30"), _corrections(a)[0].ts_ns)
+        ]
+        assert a.codes().count("broker.late_commission") == 1
+        # the fill is published again with its commission; the risk state shows the fees
+        assert [f.fill.commission for f in fills if f.fill.exec_id == exec_id] == [
+            Decimal(0),
+            Decimal("1.30"),
+        ]
+        assert a.rt.executor is not None
+        assert a.rt.executor.risk_state().fees == pytest.approx(1.30)
+        assert order.state is OrderState.FILLED
+    finally:
+        await first.stop()
+    second = AgentRuntime(settings(fake, tmp_path, commission_wait_s=0.1))
+    b = Agent(second)
+    await second.start()
+    try:  # replayed from the journal: the same fees, nothing to correct again
+        await asyncio.sleep(0.3)  # the reports of the resync are pumped: none changes the fees
+        assert b.order(out.client_order_id).commission == Decimal("1.30")
+        assert _fees(b) == Decimal("1.30")
+        assert "executor.fail_closed" not in b.codes()
+        assert len(_corrections(b)) == 1
+    finally:
+        await second.stop()
+
+
+async def test_reconciliation_corrects_a_commission_that_came_while_the_executor_was_down(
+    fake: FakeTWS, tmp_path: Path
+) -> None:
+    fake.faults.commission_delay_s = 60.0  # not before the executor stops
+    first = AgentRuntime(settings(fake, tmp_path, commission_wait_s=0.1))
+    a = Agent(first)
+    await first.start()
+    try:
+        await streaming(a, 18)
+        ask = fake.quote(590.0, "C")[1]
+        out = await a.command("submit_order", **buy_call(590.0, ask, 1))
+        assert out.accepted, out.message
+        await eventually(lambda: a.order(out.client_order_id).state is OrderState.FILLED)
+        assert a.order(out.client_order_id).commission == 0
+    finally:
+        await first.stop()
+    # on restart IB lists the execution with its commission: reconciliation corrects the booked fill
+    second = AgentRuntime(settings(fake, tmp_path, commission_wait_s=0.1))
+    b = Agent(second)
+    await second.start()
+    try:
+        await asyncio.sleep(0.3)  # the resync's own reports of that execution are pumped as well
+        assert b.order(out.client_order_id).commission == Decimal("0.65")
+        assert _fees(b) == Decimal("0.65")
+        assert "executor.reconciled" in b.codes()
+        assert any("1 commission corrections" in n.message for n in b.notices)
+        assert "executor.fail_closed" not in b.codes()
+        assert b.rt.executor is not None
+        assert b.rt.executor.flow.state.value == "active"
+        assert len(_corrections(b)) == 1
+    finally:
+        await second.stop()

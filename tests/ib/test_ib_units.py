@@ -17,6 +17,7 @@ from agent.domain import ChainUpdate, ComponentHealth, NoticeLevel, QuoteFlag, R
 from agent.events import Payload
 from agent.executor.orders import (
     CancelRejected,
+    CommissionCorrected,
     Contract,
     OrderAccepted,
     OrderCancelled,
@@ -419,7 +420,31 @@ async def test_broker_says_when_a_commission_comes_after_its_fill_was_booked() -
     assert f.fill.commission == 0
     conn.ib.wrapper.commissionReport(CommissionReport(execId="c1", commission=0.65, currency="USD"))
     assert "broker.late_commission" in rec.codes()
-    assert broker.pump() == []  # never a second fill
+    # never a second fill: a correction of the booked one, once however often IB repeats the report
+    assert broker.pump() == [CommissionCorrected(intent.client_order_id, "c1", Decimal("0.65"), 42)]
+    conn.ib.wrapper.commissionReport(CommissionReport(execId="c1", commission=0.65, currency="USD"))
+    execution(conn, "c1", intent.client_order_id)  # re-listed (reqExecutions): nothing new
+    await asyncio.sleep(0.05)
+    assert broker.pump() == []
+    assert rec.codes().count("broker.late_commission") == 1
+    broker.close()
+    # with no wait at all, a fill goes out at once and its commission follows as a correction
+    broker, conn = make_broker(rec, commission_wait_s=0.0)
+    broker._intents[intent.client_order_id] = intent
+    execution(conn, "c2", intent.client_order_id)
+    (f2,) = broker.pump()
+    assert isinstance(f2, OrderFilled)
+    assert f2.fill.commission == 0
+    conn.ib.wrapper.commissionReport(CommissionReport(execId="c2", commission=0.65, currency="USD"))
+    assert broker.pump() == [CommissionCorrected(intent.client_order_id, "c2", Decimal("0.65"), 42)]
+    # a fill booked with its commission is never corrected by a repeat of the same report
+    conn.ib.wrapper.commissionReport(CommissionReport(execId="c3", commission=0.65, currency="USD"))
+    execution(conn, "c3", intent.client_order_id)
+    (f3,) = broker.pump()
+    assert isinstance(f3, OrderFilled)
+    assert f3.fill.commission == Decimal("0.65")
+    conn.ib.wrapper.commissionReport(CommissionReport(execId="c3", commission=0.65, currency="USD"))
+    assert broker.pump() == []
     broker.close()
 
 

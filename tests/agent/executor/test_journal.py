@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import subprocess
 import sys
 from dataclasses import replace
@@ -11,7 +13,16 @@ from pathlib import Path
 import pytest
 
 from agent.executor.journal import Journal, JournalError, JournalLockedError, StaleEpochError
-from agent.executor.orders import Fill, OrderAccepted, OrderError, OrderFilled, OrderState, Side
+from agent.executor.orders import (
+    CommissionCorrected,
+    Fill,
+    OrderAccepted,
+    OrderError,
+    OrderFilled,
+    OrderState,
+    Side,
+)
+from agent.executor.positions import PositionBook
 from tests.agent.executor.helpers import EXPIRY, T0, buy
 
 
@@ -90,3 +101,51 @@ def test_lease_epoch_is_recorded_and_fences_older_leaders(tmp_path: Path) -> Non
         with pytest.raises(StaleEpochError, match="no longer the leader"):
             j.record_intent(replace(buy(j.next_client_order_id()), lease_epoch=6))
         assert [i.lease_epoch for i in j.intents()] == [7]
+
+
+def test_commission_corrections_are_journaled_and_replay_to_the_same_fees(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    with Journal(path, "ex1", EXPIRY) as j:
+        cid = j.next_client_order_id()
+        j.record_intent(buy(cid, qty=3))
+        j.record_report(OrderFilled(Fill("E1", cid, 0, Side.BUY, 2, Decimal("1.05"), Decimal(0), T0)))
+        j.record_report(OrderFilled(Fill("E2", cid, 0, Side.BUY, 1, Decimal("1.05"), Decimal("0.65"), T0)))
+        j.record_report(CommissionCorrected(cid, "E1", Decimal("1.30"), T0 + 1))
+        j.record_report(CommissionCorrected(cid, "E1", Decimal("1.30"), T0 + 2))  # a repeat: replays as one
+        live = j.load()
+    with Journal(path, "ex1", EXPIRY) as j:
+        assert [type(r).__name__ for r in j.reports()][-2:] == ["CommissionCorrected"] * 2
+        orders = j.load()
+        o = orders[cid]
+        assert (o.state, o.commission) == (OrderState.FILLED, Decimal("1.95"))
+        assert o.fills["E1"].commission == Decimal("1.30")
+        assert PositionBook.from_orders(orders.values()).fees == Decimal("1.95")
+        assert o.commission == live[cid].commission
+        assert j.stats().fills == 2  # a correction is not an execution
+
+
+def test_operator_round_trips_and_a_journal_without_it_still_loads(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    with Journal(path, "ex1", EXPIRY) as j:
+        first = replace(buy(j.next_client_order_id()), operator="alice")
+        j.record_intent(first)
+        second = buy(j.next_client_order_id())
+        j.record_intent(second)
+    # the second intent as an executor from before the operator field wrote it
+    db = sqlite3.connect(path)
+    (body,) = db.execute(
+        "SELECT body FROM intents WHERE client_order_id = ?", (second.client_order_id,)
+    ).fetchone()
+    old = json.loads(body)
+    del old["operator"]
+    db.execute(
+        "UPDATE intents SET body = ? WHERE client_order_id = ?", (json.dumps(old), second.client_order_id)
+    )
+    db.commit()
+    db.close()
+    with Journal(path, "ex1", EXPIRY) as j:
+        loaded = j.load()
+        assert loaded[first.client_order_id].intent == first
+        assert loaded[first.client_order_id].intent.operator == "alice"
+        assert loaded[second.client_order_id].intent.operator == ""
+        assert loaded[second.client_order_id].intent == second

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal
 
 import pytest
@@ -13,8 +14,10 @@ from agent.domain import Right
 from agent.executor.orders import (
     TERMINAL,
     TRANSITIONS,
+    Applied,
     CancelRejected,
     CancelRequested,
+    CommissionCorrected,
     Contract,
     Fill,
     OffTickError,
@@ -154,6 +157,33 @@ def test_spread_fills_count_complete_units() -> None:
     assert (o.filled, o.state) == (2, OrderState.FILLED)
 
 
+def test_commission_correction_amends_a_booked_fill_in_any_state_once() -> None:
+    o = Order(buy("a-1", qty=2))
+    o.apply(OrderAccepted("a-1", "B1", T0))
+    o.apply(OrderFilled(Fill("x1", "a-1", 0, Side.BUY, 2, Decimal("1.05"), Decimal(0), T0)))
+    assert o.state is OrderState.FILLED
+    moves = list(o.transitions)
+    fix = CommissionCorrected("a-1", "x1", Decimal("1.30"), T0)
+    assert o.corrects(fix)
+    r = o.apply(fix)
+    assert (r.outcome, r.state) == (Outcome.APPLIED, OrderState.FILLED)  # terminal, yet corrected
+    assert (o.commission, o.fills["x1"].commission) == (Decimal("1.30"), Decimal("1.30"))
+    assert o.transitions == moves
+    assert not o.corrects(fix)
+    assert o.apply(fix).outcome is Outcome.DUPLICATE
+    assert o.apply(CommissionCorrected("a-1", "x9", Decimal(1), T0)).outcome is Outcome.IGNORED
+    assert o.apply(CommissionCorrected("b-2", "x1", Decimal(1), T0)).outcome is Outcome.REFUSED
+    assert o.apply(CommissionCorrected("a-1", "x1", Decimal("1.20"), T0)).booked  # a later amount wins
+    assert o.commission == Decimal("1.20")
+    with pytest.raises(OrderError):
+        CommissionCorrected("a-1", "x1", Decimal("-0.65"), T0)
+
+
+def test_intent_carries_its_operator() -> None:
+    assert buy("a-1").operator == ""
+    assert single_leg("a-1", contract(), Side.BUY, 1, "1.05", T0, operator="bob").operator == "bob"
+
+
 # ---------------------------------------------------------------- stateful property test
 
 
@@ -176,6 +206,7 @@ class OrderMachine(RuleBasedStateMachine):
         self.in_flight: list[OrderReport] = []
         self.delivered: list[OrderReport] = []
         self.delivered_fills: dict[str, Fill] = {}
+        self.executed: set[str] = set()  # executions whose commission was not corrected yet
         self.n = 0
         self.last_filled = 0
         self.was_terminal = False
@@ -196,10 +227,19 @@ class OrderMachine(RuleBasedStateMachine):
         q = min(qty, room)
         self.broker_filled[leg] += q
         self.n += 1
+        self.executed.add(f"x{self.n}")
         side = self.intent.legs[leg].side_for(self.intent.side)
         self._send(
             OrderFilled(Fill(f"x{self.n}", "p-1", leg, side, q, Decimal("1.00"), Decimal("0.65") * q, T0))
         )
+
+    @precondition(lambda self: bool(self.executed))
+    @rule(data=st.data(), cents=st.integers(0, 500))
+    def correct_commission(self, data: st.DataObject, cents: int) -> None:
+        """The broker's commission for one execution, sent once (as the IB broker does)."""
+        exec_id = data.draw(st.sampled_from(sorted(self.executed)))
+        self.executed.discard(exec_id)
+        self._send(CommissionCorrected("p-1", exec_id, Decimal(cents) / 100, T0))
 
     @rule()
     def request_cancel(self) -> None:
@@ -233,10 +273,27 @@ class OrderMachine(RuleBasedStateMachine):
         result = self.order.apply(r)
         if isinstance(r, OrderFilled):
             assert result.outcome is Outcome.DUPLICATE
+        elif isinstance(r, CommissionCorrected):
+            self._check_correction(r, result)
+
+    def _check_correction(self, r: CommissionCorrected, result: Applied) -> None:
+        """Applied exactly when it changes a delivered fill's commission; the model follows."""
+        booked = self.delivered_fills.get(r.exec_id)
+        if booked is None:
+            assert result.outcome is Outcome.IGNORED
+        elif booked.commission == r.commission:
+            assert result.outcome is Outcome.DUPLICATE
+        else:
+            assert result.outcome is Outcome.APPLIED
+            self.delivered_fills[r.exec_id] = replace(booked, commission=r.commission)
 
     def _apply(self, r: OrderReport) -> None:
+        state = self.order.state
         result = self.order.apply(r)
         self.delivered.append(r)
+        if isinstance(r, CommissionCorrected):
+            self._check_correction(r, result)
+            assert self.order.state is state  # a commission never moves the order
         if isinstance(r, OrderFilled):
             assert result.booked, result  # a true fill is always booked, late or not
             self.delivered_fills[r.fill.exec_id] = r.fill

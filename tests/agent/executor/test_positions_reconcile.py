@@ -6,7 +6,16 @@ from decimal import Decimal
 
 from agent.domain import Right
 from agent.executor.broker import BrokerOrder, BrokerPosition
-from agent.executor.orders import Fill, Order, OrderAccepted, OrderRejected, OrderState, Side
+from agent.executor.orders import (
+    CommissionCorrected,
+    Fill,
+    Order,
+    OrderAccepted,
+    OrderFilled,
+    OrderRejected,
+    OrderState,
+    Side,
+)
 from agent.executor.positions import PositionBook
 from agent.executor.reconcile import NEVER_SENT, reconcile
 from agent.executor.risk import TradingState
@@ -62,7 +71,13 @@ def test_reconcile_explains_crash_aftermath() -> None:
     res = reconcile(orders, broker, execs, [BrokerPosition(C, 1, Decimal("1.05"))], now_ns=T0)
     assert res.clean
     assert res.state is TradingState.ACTIVE
-    assert res.counts == {"missed_fills": 1, "missed_acks": 1, "missed_closes": 1, "never_sent": 1}
+    assert res.counts == {
+        "missed_fills": 1,
+        "missed_acks": 1,
+        "missed_closes": 1,
+        "never_sent": 1,
+        "commission_corrections": 0,
+    }
     kinds = [type(r).__name__ for r in res.reports]
     assert kinds == ["OrderAccepted", "OrderFilled", "OrderRejected", "OrderCancelled"]
     assert any(getattr(r, "reason", "") == NEVER_SENT for r in res.reports)  # a-2: not resent
@@ -94,3 +109,24 @@ def test_order_closed_here_but_open_at_the_broker_is_unexplained() -> None:
     res = reconcile({"a-1": o}, [BrokerOrder("a-1", "B1", OrderState.WORKING, 2, (0,))], [], [], now_ns=T0)
     assert res.state is TradingState.HALTED
     assert "still open at the broker" in res.unexplained[0]
+
+
+def test_reconcile_corrects_a_commission_the_broker_reports_differently() -> None:
+    o = _order("a-1", True)
+    booked = Fill("E1", "a-1", 0, Side.BUY, 2, Decimal("1.05"), Decimal(0), T0)  # before IB's report
+    o.apply(OrderFilled(booked))
+    orders = {"a-1": o}
+    at_broker = [BrokerOrder("a-1", "Ba-1", OrderState.FILLED, 2, (2,))]
+    held = [BrokerPosition(C, 2, Decimal("1.05"))]
+    res = reconcile(orders, at_broker, [f("E1", Side.BUY, 2, "1.05")], held, now_ns=T0 + 5)
+    assert res.clean
+    assert res.reports == (CommissionCorrected("a-1", "E1", Decimal("1.30"), T0 + 5),)
+    assert res.counts["commission_corrections"] == 1
+    assert "1 commission corrections" in res.notices[0].message
+    assert o.commission == 0  # reconcile changes nothing itself
+    # the same commission, or none known at the broker yet (0): nothing to correct
+    for commission in ("0", "0.00"):
+        unknown = Fill("E1", "a-1", 0, Side.BUY, 2, Decimal("1.05"), Decimal(commission), T0)
+        assert reconcile(orders, at_broker, [unknown], held, now_ns=T0).reports == ()
+    o.apply(res.reports[0])
+    assert reconcile(orders, at_broker, [f("E1", Side.BUY, 2, "1.05")], held, now_ns=T0).reports == ()
