@@ -436,7 +436,7 @@ async def test_order_ticket_rejects_malformed_fields_and_stale_previews() -> Non
 
     app = Host()
     async with app.run_test(size=SIZE) as pilot:
-        dialog = OrderTicketDialog(None, preview, strike=590.0, right="C", preview_ttl_s=2.0)
+        dialog = OrderTicketDialog(None, preview, strike=590.0, right="C", preview_ttl_s=600.0)
         await open_dialog(app, pilot, dialog)
         assert dialog.query_one("#price", Input).value == ""  # no quotes known: no preset price
         assert "bad limit price" in text(dialog, "#error")
@@ -457,10 +457,14 @@ async def test_order_ticket_rejects_malformed_fields_and_stale_previews() -> Non
         await pilot.pause()
         assert text(dialog, "#error") == ""
 
-        await pilot.click("#preview")
+        # Enter in a field previews too; a click right after the error line vanished could hit the
+        # button's old place while the layout settles
+        dialog.query_one("#price", Input).focus()
+        await pilot.press("enter")
         await until(pilot, lambda: not send_button(dialog).disabled)
         assert calls == [OrderTicket.parse("BUY", "1", "590C", "1.00")]
-        await until(pilot, lambda: send_button(dialog).disabled)  # older than the TTL
+        dialog.preview_ttl_s = 0.05  # the preview ages past its TTL (a long TTL above: no race under load)
+        await until(pilot, lambda: send_button(dialog).disabled)
         assert "preview again" in text(dialog, "#checks")
         await pilot.click("#send")
         await pilot.pause()

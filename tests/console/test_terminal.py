@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -23,7 +24,8 @@ def tmux(*args: str) -> str:
 
 
 def ladder_rows(screen: str) -> list[str]:
-    return [line for line in screen.splitlines() if line.strip()[:1].isdigit()]
+    """Lines of the strike ladder: they start with the call's delta, or its volume when there is none."""
+    return [line for line in screen.splitlines() if re.match(r"^\s*[+-]?\d", line)]
 
 
 def wait_screen(session: str, want: tuple[str, ...], timeout: float = 30.0, rows: int = 0) -> str:
@@ -53,6 +55,15 @@ def test_demo_in_a_real_terminal(tmp_path: Path) -> None:
         assert "demo@127.0.0.1:" in screen
         tmux("send-keys", "-t", session, "down", "down", "c")
         wait_screen(session, ("LIVE",))
+        # other screens by their keys: risk, the agents, help; then back to the chain
+        tmux("send-keys", "-t", session, "7")
+        wait_screen(session, ("daily P&L", "max_working_orders", "ACTIVE"))
+        tmux("send-keys", "-t", session, "8")
+        wait_screen(session, ("feed,detector,executor", "leader"))
+        tmux("send-keys", "-t", session, "0")
+        wait_screen(session, ("command palette", "Halt", "Flatten"))
+        tmux("send-keys", "-t", session, "1")
+        wait_screen(session, ("Strike", "C IV", "P Delta"), rows=15)
         tmux("send-keys", "-t", session, "q")
         deadline = time.monotonic() + 15
         while not done.exists() and time.monotonic() < deadline:

@@ -1,0 +1,1 @@
+"""Widgets of the console written for speed at full stream rate."""
