@@ -63,11 +63,20 @@ def is_recording(path: str | Path) -> bool:
 
 def read_recording(path: str | Path) -> Iterator[pb.Envelope]:
     """Envelopes of a recording in order; a truncated last record is ignored."""
+    for _offset, env in read_recording_from(path):
+        yield env
+
+
+def read_recording_from(path: str | Path, offset: int = 0) -> Iterator[tuple[int, pb.Envelope]]:
+    """``(byte offset, envelope)`` of each record from ``offset`` (a record boundary, as yielded
+    before; 0 for the start), so a player can seek back to a record. A truncated last record (a crash
+    while writing) is ignored; a corrupt one raises :class:`RecordingError` naming its offset."""
     p = Path(path)
     with p.open("rb") as f:
         if f.read(len(MAGIC)) != MAGIC:
             raise RecordingError(f"{p} is not a spyops recording (made by `spyctl record`)")
-        offset = len(MAGIC)
+        offset = max(offset, len(MAGIC))
+        f.seek(offset)
         while True:
             head = f.read(_LEN.size)
             if len(head) < _LEN.size:
@@ -82,5 +91,5 @@ def read_recording(path: str | Path) -> Iterator[pb.Envelope]:
                 env = pb.Envelope.FromString(body)
             except DecodeError as exc:
                 raise RecordingError(f"{p}: corrupt envelope at byte {offset}: {exc}") from None
+            yield offset, env
             offset += _LEN.size + n
-            yield env

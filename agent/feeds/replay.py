@@ -40,7 +40,6 @@ import dataclasses
 import datetime as dt
 import logging
 import math
-import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -48,14 +47,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from google.protobuf.message import DecodeError
-
 from agent.domain import ChainBook, ChainUpdate, Notice, NoticeLevel, UnderlyingTick
 from agent.events import Payload
 from agent.feeds.ib_csv import ChainFileError, load_ib_csv
 from agent.session import NEW_YORK
 from agent.wire import WireError, market_from_envelope, notice_from_pb
-from proto.recording import MAGIC, MAX_ENVELOPE, RecordingError, is_recording
+from proto.recording import MAGIC, RecordingError, is_recording, read_recording_from
 from proto.spyops.v1 import spyops_pb2 as pb
 
 if TYPE_CHECKING:
@@ -71,7 +68,6 @@ SPEEDS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0)
 MIN_SPEED, MAX_SPEED = SPEEDS[0], SPEEDS[-1]
 HELD_CLOCK_SPEED = 1e-9
 """The market clock has no pause: a held clock runs at 1e-9x (one market ns per wall second)."""
-_LEN = struct.Struct("<I")  # the recording's record length prefix (see proto.recording)
 
 
 class ReplayError(ValueError):
@@ -444,30 +440,11 @@ class ReplaySource:
 def _recording_moments(path: Path, offset: int) -> Iterator[Moment]:
     """The moments of a recording from byte ``offset`` (a record boundary), those with something to
     replay (market data, data-quality notices); a truncated last record is ignored; RecordingError at
-    a corrupt one. The framing is ``proto.recording``'s, read here with the offsets a seek needs."""
-    with path.open("rb") as f:
-        if f.read(len(MAGIC)) != MAGIC:
-            raise RecordingError(f"{path} is not a spyops recording (made by `spyctl record`)")
-        f.seek(max(offset, len(MAGIC)))
-        pos = max(offset, len(MAGIC))
-        while True:
-            head = f.read(_LEN.size)
-            if len(head) < _LEN.size:
-                return
-            (n,) = _LEN.unpack(head)
-            if n > MAX_ENVELOPE:
-                raise RecordingError(f"{path}: corrupt record length {n} at byte {pos}")
-            body = f.read(n)
-            if len(body) < n:
-                return  # cut short by a crash while writing: keep what is whole
-            try:
-                env = pb.Envelope.FromString(body)
-            except DecodeError as exc:
-                raise RecordingError(f"{path}: corrupt envelope at byte {pos}: {exc}") from None
-            payloads = _envelope_payloads(env)
-            if payloads:  # the agent's own events (health, signals, orders...) are not replayed
-                yield Moment(pos, env.ts_ns, payloads)
-            pos += _LEN.size + n
+    a corrupt one (``proto.recording``'s framing, with the offsets a seek needs)."""
+    for pos, env in read_recording_from(path, offset):
+        payloads = _envelope_payloads(env)
+        if payloads:  # the agent's own events (health, signals, orders...) are not replayed
+            yield Moment(pos, env.ts_ns, payloads)
 
 
 def _envelope_payloads(env: pb.Envelope) -> tuple[Payload, ...]:
