@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -202,34 +203,24 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def proposals(agent: AgentsOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
         """Playbook proposals waiting for an operator."""
-        results = _snapshots(agent, config)
-        several = len(results) > 1
-        for r in results:
-            if r.value is None:
-                continue
-            snap = r.value
-            if json_out:
-                for p in snap.proposals:
-                    output.print_json_line(_tagged(p, r.target))
-                continue
-            output.print_table(
-                title(r.target, several, f"{len(snap.proposals)} pending proposals"),
-                ["id", "kind", "legs", "qty", "limit", "edge $", "expires", "explanation"],
-                [
-                    [
-                        p.id,
-                        p.kind,
-                        legs_text(p.legs),
-                        str(p.quantity),
-                        p.limit_price,
-                        f"{p.edge:,.2f}",
-                        ny_time(p.expires_ns),
-                        p.explanation,
-                    ]
-                    for p in snap.proposals
-                ],
-            )
-        finish(results)
+        _table_per_agent(
+            agent,
+            config,
+            json_out,
+            lambda snap: list(snap.proposals),
+            "pending proposals",
+            ["id", "kind", "legs", "qty", "limit", "edge $", "expires", "explanation"],
+            lambda p: [
+                p.id,
+                p.kind,
+                legs_text(p.legs),
+                str(p.quantity),
+                p.limit_price,
+                f"{p.edge:,.2f}",
+                ny_time(p.expires_ns),
+                p.explanation,
+            ],
+        )
 
     order_app = typer.Typer(no_args_is_help=True, help="Manual orders: submit (or preview) and cancel.")
     app.add_typer(order_app, name="order")
@@ -308,22 +299,15 @@ def register(app: typer.Typer) -> None:
     @limits_app.command("show")
     def limits_show(agent: AgentsOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
         """Each limit with its utilisation."""
-        results = _snapshots(agent, config)
-        several = len(results) > 1
-        for r in results:
-            if r.value is None:
-                continue
-            lims = r.value.risk.limits
-            if json_out:
-                for lim in lims:
-                    output.print_json_line(_tagged(lim, r.target))
-                continue
-            output.print_table(
-                title(r.target, several, f"{len(lims)} limits"),
-                ["limit", "value", "used", "utilisation"],
-                [[lim.name, _num(lim.value), _num(lim.used), _utilisation(lim)] for lim in lims],
-            )
-        finish(results)
+        _table_per_agent(
+            agent,
+            config,
+            json_out,
+            lambda snap: list(snap.risk.limits),
+            "limits",
+            ["limit", "value", "used", "utilisation"],
+            lambda lim: [lim.name, _num(lim.value), _num(lim.used), _utilisation(lim)],
+        )
 
     @app.command()
     def risk(agent: AgentsOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
@@ -380,92 +364,72 @@ def register(app: typer.Typer) -> None:
         json_out: JsonOpt = False,
     ) -> None:
         """Today's orders with their state and fills."""
-        results = _snapshots(agent, config)
-        several = len(results) > 1
-        for r in results:
-            if r.value is None:
-                continue
-            shown = [o for o in r.value.orders if not working or o.state not in FINAL_ORDER_STATES]
-            if json_out:
-                for o in shown:
-                    output.print_json_line(_tagged(o, r.target))
-                continue
-            output.print_table(
-                title(r.target, several, f"{len(shown)} orders"),
-                [
-                    "client order id",
-                    "state",
-                    "legs",
-                    "qty",
-                    "filled",
-                    "limit",
-                    "avg",
-                    "source",
-                    "operator",
-                    "reason",
-                ],
-                [
-                    [
-                        o.client_order_id,
-                        o.state,
-                        legs_text(o.legs),
-                        str(o.quantity),
-                        str(o.filled),
-                        o.limit_price,
-                        o.avg_price or "-",
-                        o.source,
-                        o.operator or "-",
-                        o.reason,
-                    ]
-                    for o in shown
-                ],
-            )
-        finish(results)
+        _table_per_agent(
+            agent,
+            config,
+            json_out,
+            lambda snap: [o for o in snap.orders if not working or o.state not in FINAL_ORDER_STATES],
+            "orders",
+            [
+                "client order id",
+                "state",
+                "legs",
+                "qty",
+                "filled",
+                "limit",
+                "avg",
+                "source",
+                "operator",
+                "reason",
+            ],
+            lambda o: [
+                o.client_order_id,
+                o.state,
+                legs_text(o.legs),
+                str(o.quantity),
+                str(o.filled),
+                o.limit_price,
+                o.avg_price or "-",
+                o.source,
+                o.operator or "-",
+                o.reason,
+            ],
+        )
 
     @app.command()
     def positions(agent: AgentsOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
         """Open positions marked to mid, with their greeks."""
-        results = _snapshots(agent, config)
-        several = len(results) > 1
-        for r in results:
-            if r.value is None:
-                continue
-            snap = r.value
-            if json_out:
-                for p in snap.positions:
-                    output.print_json_line(_tagged(p, r.target))
-                continue
-            output.print_table(
-                title(r.target, several, f"{len(snap.positions)} positions"),
-                [
-                    "contract",
-                    "qty",
-                    "avg cost",
-                    "mark",
-                    "unrealized $",
-                    "realized $",
-                    "delta",
-                    "gamma",
-                    "vega",
-                    "theta",
-                ],
-                [
-                    [
-                        f"{p.expiry} {p.strike:g}{'C' if p.right == pb.CALL else 'P'}",
-                        str(p.quantity),
-                        p.avg_cost,
-                        _num(p.mark),
-                        _num(p.unrealized),
-                        _num(p.realized),
-                        _num(p.delta),
-                        _num(p.gamma, 4),
-                        _num(p.vega),
-                        _num(p.theta),
-                    ]
-                    for p in snap.positions
-                ],
-            )
-        finish(results)
+        _table_per_agent(
+            agent,
+            config,
+            json_out,
+            lambda snap: list(snap.positions),
+            "positions",
+            [
+                "contract",
+                "qty",
+                "avg cost",
+                "mark",
+                "unrealized $",
+                "realized $",
+                "delta",
+                "gamma",
+                "vega",
+                "theta",
+            ],
+            lambda p: [
+                f"{p.expiry} {p.strike:g}{'C' if p.right == pb.CALL else 'P'}",
+                str(p.quantity),
+                p.avg_cost,
+                _num(p.mark),
+                _num(p.unrealized),
+                _num(p.realized),
+                _num(p.delta),
+                _num(p.gamma, 4),
+                _num(p.vega),
+                _num(p.theta),
+            ],
+        )
 
 
 FINAL_ORDER_STATES = frozenset({"filled", "cancelled", "rejected", "expired"})
@@ -504,6 +468,31 @@ def _utilisation(lim: pb.Limit) -> str:
     if not math.isfinite(lim.value) or not math.isfinite(lim.used) or lim.value == 0:
         return "-"
     return f"{100 * abs(lim.used) / abs(lim.value):.0f}%"
+
+
+def _table_per_agent(
+    agents: list[str] | None,
+    config: Path | None,
+    json_out: bool,
+    items: Callable[[pb.Snapshot], Sequence[Any]],
+    what: str,
+    columns: list[str],
+    row: Callable[[Any], list[str]],
+) -> None:
+    """A read command over snapshots: for each agent, its ``items`` as a table (or one JSON object
+    each, tagged with the agent); agents that did not answer are reported by ``finish``."""
+    results = _snapshots(agents, config)
+    several = len(results) > 1
+    for r in results:
+        if r.value is None:
+            continue
+        shown = items(r.value)
+        if json_out:
+            for item in shown:
+                output.print_json_line(_tagged(item, r.target))
+            continue
+        output.print_table(title(r.target, several, f"{len(shown)} {what}"), columns, [row(x) for x in shown])
+    finish(results)
 
 
 def _tagged(msg: Any, target: AgentTarget) -> dict[str, Any]:
