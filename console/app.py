@@ -10,7 +10,7 @@ go to the executor that leads (or the only one), through ``console.actions.Opera
 ones open a dialog that names what will happen. While an executor is connected the console sends it a
 heartbeat every ``heartbeat_s`` seconds (the executor's dead-man).
 
-Rendering follows what is visible: one timer redraws only the screen on top, at most 10 times a
+Rendering follows what is visible: one timer redraws only the screen on top, at most 12 times a
 second, and each screen writes only the cells that changed since its previous frame.
 """
 
