@@ -79,10 +79,21 @@ class DetectorOutput:
 
 
 def _published_fit(
-    res: SviResult, tau: float, forward: float, strikes: tuple[float, ...], fit_iv: FloatArray, method: str
+    res: SviResult,
+    tau: float,
+    forward: float,
+    strikes: tuple[float, ...],
+    fit_iv: FloatArray,
+    method: str,
+    fitted: tuple[float, float],
 ) -> SmileFit:
-    """The fit as the detector publishes it: SVI parameters and the curve sampled at the strikes."""
+    """The fit as the detector publishes it: SVI parameters and the curve sampled at the strikes
+    inside the fitted range ``fitted`` (beyond it the detector holds the vol flat for its own use,
+    which is no smile to draw)."""
     p = res.params
+    inside = [i for i, k in enumerate(strikes) if fitted[0] <= k <= fitted[1]]
+    strikes = tuple(strikes[i] for i in inside)
+    fit_iv = fit_iv[inside]
     return SmileFit(
         model="svi",
         params={"a": p.a, "b": p.b, "rho": p.rho, "m": p.m, "sigma": p.sigma, "tau": tau},
@@ -271,7 +282,9 @@ class Detector:
                         x_all = np.log(np.clip(k, k_lo, k_hi) / forward)
                         w_all = np.maximum(res.params.total_variance(x_all), 1e-300)
                         fit_iv = np.sqrt(w_all / tau)
-                        smile = _published_fit(res, tau, forward, self._strikes_of(k), fit_iv, method)
+                        smile = _published_fit(
+                            res, tau, forward, self._strikes_of(k), fit_iv, method, (k_lo, k_hi)
+                        )
                 if fit_iv is None and good.any():
                     fit_iv = np.full(n, float(np.median(ca.vol[good])))
             if fit_iv is not None:
@@ -432,7 +445,9 @@ class Detector:
                     p = res.params
                     params = np.array([p.a, p.b, p.rho, p.m, p.sigma])
                     fit_iv = K.svi_vols(k, forward, tau, params, k_lo, k_hi)  # flat beyond the fit
-                    smile = _published_fit(res, tau, forward, self._strikes_of(k), fit_iv, method)
+                    smile = _published_fit(
+                        res, tau, forward, self._strikes_of(k), fit_iv, method, (k_lo, k_hi)
+                    )
             if fit_iv is None and n_iv:
                 fit_iv = np.full(n, float(np.median(iv_otm[np.isfinite(iv_otm)])))
 
