@@ -116,6 +116,7 @@ class ConsoleApp(App[None]):
         Binding("F", "flatten", "Flatten"),
         Binding("l", "limits", "Limits"),
         Binding("o", "order_ticket", "Order ticket"),
+        Binding("r", "retry_last", "Retry unanswered command", show=False),
     ]
 
     def __init__(
@@ -144,6 +145,8 @@ class ConsoleApp(App[None]):
         self.streams: dict[str, ResumingStream] = {}
         self.results: list[ActionResult] = []  # every action's result, in order (the audit panel shows them)
         self.heartbeat_results: dict[str, ActionResult] = {}
+        # the last command whose answer never came (it may or may not have run): r resends it, same key
+        self.unanswered: tuple[AgentView, ActionResult] | None = None
         self.current = "chain"
         self.screen_switches = 0
 
@@ -285,6 +288,11 @@ class ConsoleApp(App[None]):
             ("Cancel the selected order", "x on the orders screen", self._cancel_selected),
             ("Confirm or reject a proposal", "the selected or the first pending one", self._decide_first),
             ("Send a heartbeat now", "the executor's dead-man", self.send_heartbeats),
+            (
+                "Resend the unanswered command",
+                "r: same idempotency key, runs at most once",
+                self.action_retry_last,
+            ),
             ("Center the chain on the money", "c on the chain screen", self._center_chain),
         ]
         return cmds
@@ -336,15 +344,36 @@ class ConsoleApp(App[None]):
         return lead, op
 
     def report(self, view: AgentView, result: ActionResult) -> None:
-        """Show an action's result (notify) and add it to the audit panel."""
+        """Show an action's result (notify) and add it to the audit panel. A command left unanswered
+        (timeout, dropped connection) may have run: the operator is offered to resend it with the same
+        idempotency key (r), which runs it at most once, instead of sending it again as a new one."""
         self.results.append(result)
+        detail = result.detail or result.title
+        if result.retryable and result.command is not None:
+            self.unanswered = (view, result)
+            detail += (
+                "\nIt may or may not have run: press r to resend it with the same key (runs at most once)."
+            )
+        elif self.unanswered is not None and self.unanswered[1].key == result.key:
+            self.unanswered = None  # answered now
         self.notify(
-            result.detail or result.title,
+            detail,
             title=result.title,
             severity="information" if result.ok else "error",
             timeout=6 if result.ok else 12,
         )
         self._console_log(view, "info" if result.ok else "error", result.text())
+
+    def action_retry_last(self) -> None:
+        if self.unanswered is None:
+            self.notify("no unanswered command to resend")
+            return
+        view, previous = self.unanswered
+        op = self.operators.get(view.target)
+        if op is None:
+            self.notify(f"cannot resend: not connected to {view.name}", severity="error")
+            return
+        self._run(view, partial(op.retry, previous))
 
     def _run(self, view: AgentView, call: Callable[[], Any]) -> None:
         """Run one Operator call in the background and report its result."""

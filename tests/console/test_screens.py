@@ -13,6 +13,7 @@ from textual.pilot import Pilot
 from textual.screen import Screen
 from textual.widgets import Button, Input
 
+from console.actions import ActionResult
 from console.app import ConsoleApp
 from console.model import CALL
 from console.screens.base import ConsoleScreen, Table
@@ -189,6 +190,48 @@ async def test_arm_and_disarm_show_their_result_and_audit(trading_agent: str) ->
         assert "set_armed" in text
         assert "alice" in text
         assert "armed" in text
+
+
+async def test_an_unanswered_command_is_resent_with_its_key_and_runs_at_most_once(trading_agent: str) -> None:
+    """A command whose answer never came may have run: r resends it under the same idempotency key, so
+    the executor runs it once whether or not the first one arrived."""
+    app = console_for(trading_agent, operator="alice")
+    async with app.run_test(size=SIZE):
+        await ready(app)
+        view = app.model.views[0]
+        op = app.operators[view.target]
+        # 1. the first send reached the executor, only its answer was lost
+        arrived = op.command()
+        arrived.set_armed.armed = True
+        first = await op.send(arrived)
+        assert first.ok
+        assert not first.replayed
+        lost = ActionResult(
+            False, "arm: no answer", "deadline exceeded", None, command=arrived, retryable=True
+        )
+        app.report(view, lost)
+        assert app.unanswered is not None
+        await press(app, "r")
+        await last_result(app, 2)
+        again = app.results[-1]
+        assert again.ok
+        assert again.replayed
+        assert again.key == arrived.idempotency_key
+        assert app.unanswered is None
+        # 2. the first send never arrived: the resend runs it, once
+        never = op.command()
+        never.set_armed.armed = False
+        app.report(
+            view, ActionResult(False, "disarm: no answer", "unreachable", None, command=never, retryable=True)
+        )
+        await press(app, "r")
+        await last_result(app, 4)
+        assert app.results[-1].ok
+        assert not app.results[-1].replayed
+        await wait_for(lambda: view.risk is not None and not view.risk.armed)
+        # nothing left to resend
+        await press(app, "r")
+        assert len(app.results) == 4
 
 
 async def test_halt_needs_a_confirmation_and_cancelling_sends_nothing(trading_agent: str) -> None:
