@@ -12,12 +12,14 @@ import math
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 
+from console.actions import OrderTicket, TicketError
 from console.cli import output
 from console.cli.common import (
     AgentOpt,
@@ -51,7 +53,6 @@ OperatorOpt = Annotated[
 ]
 KeyOpt = Annotated[str | None, typer.Option("--key", help="idempotency key (default: a new one)")]
 
-RIGHTS = {"C": pb.CALL, "CALL": pb.CALL, "P": pb.PUT, "PUT": pb.PUT}
 TRADING_STATES = ("ACTIVE", "REDUCING", "HALTED")
 
 
@@ -242,18 +243,14 @@ def register(app: typer.Typer) -> None:
         json_out: JsonOpt = False,
     ) -> None:
         """Send a limit order (or --preview the pre-trade checks)."""
-        if side.upper() not in ("BUY", "SELL"):
-            output.fail(f"bad side {side!r}: expected BUY or SELL")
-            raise typer.Exit(output.USAGE)
-        if quantity <= 0:
-            output.fail(f"bad quantity {quantity}: expected a positive whole number")
-            raise typer.Exit(output.USAGE)
-        order_legs = parse_legs(legs)
+        try:  # the console's ticket: the same parsing and checks; the tick is the executor's to check
+            ticket = OrderTicket.parse(side, quantity, legs, price, tick=Decimal(0))
+        except TicketError as exc:
+            output.fail(str(exc))
+            raise typer.Exit(output.USAGE) from None
         to = sender(agent, config, operator, "order submit")
         cmd = to.command(key)
-        o = cmd.submit_order
-        o.side, o.quantity, o.limit_price, o.preview = side.upper(), quantity, price.strip(), preview
-        o.legs.extend(order_legs)
+        cmd.submit_order.CopyFrom(ticket.to_proto(preview))
         send(to, cmd, json_out)
 
     @order_app.command("cancel")
@@ -433,31 +430,6 @@ def register(app: typer.Typer) -> None:
 
 
 FINAL_ORDER_STATES = frozenset({"filled", "cancelled", "rejected", "expired"})
-
-
-def parse_legs(text: str) -> list[pb.OrderLeg]:
-    """``590C`` or ``590C,-595C`` (a leading - sells the leg); exit 2 with the bad leg named."""
-    out: list[pb.OrderLeg] = []
-    for part in (x.strip() for x in text.split(",")):
-        if not part:
-            continue
-        sell = part.startswith("-")
-        body = part.lstrip("+-").upper()
-        strike, right = body[:-1], body[-1:]
-        try:
-            value = float(strike)
-            if not math.isfinite(value) or value <= 0:
-                raise ValueError(strike)
-            out.append(
-                pb.OrderLeg(strike=value, right=RIGHTS[right], side="SELL" if sell else "BUY", ratio=1)
-            )
-        except (ValueError, KeyError):
-            output.fail(f"bad leg {part!r}: expected STRIKE followed by C or P, e.g. 590C or -595P")
-            raise typer.Exit(output.USAGE) from None
-    if not out:
-        output.fail("no legs given: expected e.g. 590C or 590C,-595C")
-        raise typer.Exit(output.USAGE)
-    return out
 
 
 def _num(x: float, digits: int = 2) -> str:
