@@ -3,7 +3,7 @@
 ``AgentView`` is one agent; ``ConsoleModel`` merges several (a feed+detector agent and an executor, or
 executor replicas of which one leads). Folding is cheap at full stream rate: each envelope updates a
 dict entry and bumps a revision counter; the screens read the model at their own redraw rate, compare
-revisions and draw only what changed (``take_changes`` says which strikes got new quotes).
+revisions and draw only what changed (``take_structure_change`` says when strikes came or went).
 """
 
 from __future__ import annotations
@@ -60,12 +60,10 @@ class AgentView:
     quotes: dict[tuple[float, int], pb.OptionQuote] = field(default_factory=dict)
     health: pb.Health | None = None
     notices: deque[pb.Notice] = field(default_factory=lambda: deque(maxlen=200))
-    changed_strikes: set[float] = field(default_factory=set)
     structure_changed: bool = True  # strikes added or removed: the ladder must be rebuilt
     envelopes: int = 0
     signals: dict[str, pb.Signal] = field(default_factory=dict)  # open signals by id
     resolved: deque[pb.Signal] = field(default_factory=lambda: deque(maxlen=RESOLVED_KEPT))
-    signals_changed: bool = True
     smile: pb.SmileFit | None = None
     notice_serial: int = 0  # notices appended so far (the deque keeps only the latest)
     notice_epoch: int = 0  # bumped when a snapshot replaces the notices
@@ -241,13 +239,11 @@ class AgentView:
             self.quotes.pop((strike, PUT), None)
             self.structure_changed = True
         quotes = self.quotes
-        changed = self.changed_strikes
         for q in c.quotes:
             key = (q.strike, int(q.right))
             if key not in quotes:
                 self.structure_changed = True
             quotes[key] = q
-            changed.add(q.strike)
         self.bump("chain")
 
     def _apply_signal(self, sig: pb.Signal) -> None:
@@ -256,8 +252,6 @@ class AgentView:
                 self.resolved.append(sig)
         else:
             self.signals[sig.id] = sig
-        self.signals_changed = True
-        self.changed_strikes.update(c.strike for c in sig.contracts)
         self.bump("signals")
 
     def _apply_order(self, o: pb.OrderUpdate, ts_ns: int) -> None:
@@ -339,7 +333,6 @@ class AgentView:
         self.signals = {sig.id: sig for sig in s.signals if sig.status != "resolved"}
         self.resolved.clear()
         self.resolved.extend(sig for sig in s.signals if sig.status == "resolved")
-        self.signals_changed = True
         if s.HasField("smile"):
             self.smile = s.smile
         self.orders = {o.client_order_id: o for o in s.orders}
@@ -372,11 +365,11 @@ class AgentView:
         ):
             self.bump(section)
 
-    def take_changes(self) -> tuple[bool, set[float]]:
-        """What changed since the last call: (ladder structure changed, strikes with new quotes)."""
-        structure, changed = self.structure_changed, self.changed_strikes
-        self.structure_changed, self.changed_strikes = False, set()
-        return structure, changed
+    def take_structure_change(self) -> bool:
+        """Whether strikes were added or removed since the last call (the ladder must be rebuilt);
+        which quotes changed is the chain revision's business (``rev["chain"]``)."""
+        structure, self.structure_changed = self.structure_changed, False
+        return structure
 
 
 def flagged(signals: Iterable[pb.Signal]) -> dict[tuple[float, int], pb.Signal]:

@@ -273,7 +273,7 @@ class ChainScreen(ConsoleScreen):
 
     def draw(self, force: bool) -> None:
         view = self.view
-        structure, _changed = view.take_changes()
+        structure = view.take_structure_change()
         chain_rev, signals_rev = self.model.rev("chain"), self.model.rev("signals")
         now = time.monotonic()
         atm = view.atm_strike()
