@@ -414,21 +414,9 @@ class IBBroker:
                 continue
             if not self.conn.is_connected():
                 return
-            if k.client_id != self.conn.client_id:
-                k.cancel_sent = False
-                self._emit(
-                    CancelRejected(
-                        k.cid,
-                        self.clock_ns(),
-                        f"placed by API client {k.client_id}, reconnected as {self.conn.client_id}: cancel it "
-                        "in TWS or from that client id",
-                    )
-                )
+            if self._cancel_elsewhere(k):
                 continue
-            await self.conn.pacer.acquire(urgent=True)
-            try:
-                self.ib.client.cancelOrder(k.order_id, "")
-            except ConnectionError:
+            if not await self._send_cancel(k):
                 return
             self.conn.notice(
                 NoticeLevel.WARN,
@@ -887,25 +875,39 @@ class IBBroker:
                 f"not connected to IB: the cancel of {client_order_id} is sent when the connection is back",
             )
             return
-        if k.client_id != self.conn.client_id:
-            self._emit(
-                CancelRejected(
-                    client_order_id,
-                    now,
-                    f"placed by API client {k.client_id}, connected as {self.conn.client_id}: cancel it in TWS "
-                    "or from that client id",
-                )
-            )
+        if self._cancel_elsewhere(k):
             return
-        await self.conn.pacer.acquire(urgent=True)
-        try:
-            self.ib.client.cancelOrder(k.order_id, "")
-        except ConnectionError:
+        if not await self._send_cancel(k):
             self._emit(
                 CancelRejected(client_order_id, self.clock_ns(), "IB connection lost: cancel not sent")
             )
             return
         k.cancel_sent = True
+
+    def _cancel_elsewhere(self, k: _Known) -> bool:
+        """An order placed under another API client id cannot be cancelled from this one (after a
+        reconnect under a new id): the cancel is rejected, saying what to do. True if so."""
+        if k.client_id == self.conn.client_id:
+            return False
+        k.cancel_sent = False
+        self._emit(
+            CancelRejected(
+                k.cid,
+                self.clock_ns(),
+                f"placed by API client {k.client_id}, connected as {self.conn.client_id}: cancel it in TWS "
+                "or from that client id",
+            )
+        )
+        return True
+
+    async def _send_cancel(self, k: _Known) -> bool:
+        """Ask IB to cancel ``k`` (paced, ahead of bulk requests); False if the connection dropped."""
+        await self.conn.pacer.acquire(urgent=True)
+        try:
+            self.ib.client.cancelOrder(k.order_id, "")
+        except ConnectionError:
+            return False
+        return True
 
     async def _server_executions(self) -> list[Any]:
         self._require_connection()
