@@ -31,6 +31,13 @@ class MarketClock:
         assert self.anchor_market_ns is not None
         return self.anchor_market_ns + int((time.time_ns() - self._anchor_wall_ns) * self.speed)
 
+    def reanchor(self, market_ns: int, speed: float) -> None:
+        """From now on read ``market_ns`` and advance at ``speed`` (a replay that pauses, seeks or
+        changes pace steers the agent's clock this way)."""
+        if not (speed > 0.0):
+            raise ValueError(f"clock speed must be > 0, got {speed}")
+        self.anchor_market_ns, self._anchor_wall_ns, self.speed = market_ns, time.time_ns(), speed
+
     def wall_delay(self, market_ns: int) -> float:
         """Wall-clock seconds until the market clock reads ``market_ns`` (<= 0 if already past)."""
         return (market_ns - self.now_ns()) / 1e9 / self.speed

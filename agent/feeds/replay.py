@@ -379,8 +379,7 @@ class ReplayControl:
             running = not (self._paused or self._speed is None or self._finished)
             speed = self._speed if running and self._speed is not None else HELD_CLOCK_SPEED
         if market:
-            # MarketClock is a plain anchored dataclass and has no re-anchoring method of its own
-            clock.anchor_market_ns, clock._anchor_wall_ns, clock.speed = market, time.time_ns(), speed
+            clock.reanchor(market, speed)
 
 
 @dataclass
