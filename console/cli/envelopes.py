@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from console.format import ny_time
+from console.format import contract, money, ny_time
 from proto.spyops.v1 import spyops_pb2 as pb
 
 # The stream topics of the contract (StreamRequest.topics); equal to agent.domain.TOPICS (tested).
@@ -53,10 +53,6 @@ def wanted(env: pb.Envelope, topics: Iterable[str]) -> bool:
     return topic == "snapshot" or topic in chosen
 
 
-def _money(x: float) -> str:
-    return f"{x:,.2f}" if math.isfinite(x) else "-"
-
-
 def legs_text(legs: Iterable[pb.Leg]) -> str:
     return " / ".join(
         f"{leg.side.lower()} {leg.quantity} {leg.strike:g}{'C' if leg.right == pb.CALL else 'P'}"
@@ -83,7 +79,9 @@ def envelope_summary(env: pb.Envelope) -> str:
         )
     if kind == "signal":
         sig = env.signal
-        return f"{head} {sig.status:<8} {sig.kind:<13} edge ${_money(sig.edge)}  {sig.explanation}"
+        return (
+            f"{head} {sig.status:<8} {sig.kind:<13} edge ${money(sig.edge, signed=False)}  {sig.explanation}"
+        )
     if kind == "smile":
         return f"{head} {env.smile.model} forward {env.smile.forward:.2f} rmse {env.smile.rmse:.4f}"
     if kind == "health":
@@ -96,13 +94,11 @@ def envelope_summary(env: pb.Envelope) -> str:
         return f"{head} {f.client_order_id} {f.quantity} @ {f.price} {legs_text([f.leg])}"
     if kind == "position":
         p = env.position
-        return (
-            f"{head} {p.strike:g}{'C' if p.right == pb.CALL else 'P'} qty {p.quantity} mark {_money(p.mark)}"
-        )
+        return f"{head} {contract(p.strike, p.right)} qty {p.quantity} mark {money(p.mark, signed=False)}"
     if kind == "risk":
         r = env.risk
         armed = "armed" if r.armed else "disarmed"
-        return f"{head} {r.trading_state or '-'} {armed} realized {_money(r.realized_pnl)}"
+        return f"{head} {r.trading_state or '-'} {armed} realized {money(r.realized_pnl, signed=False)}"
     if kind == "command":
         c2 = env.command
         verdict = "accepted" if c2.accepted else "refused"

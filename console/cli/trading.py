@@ -38,7 +38,7 @@ from console.cli.common import (
 from console.cli.envelopes import legs_text
 from console.client import AgentClient
 from console.config import AgentTarget
-from console.format import ny_time
+from console.format import contract, num, ny_time
 from proto.spyops.v1 import spyops_pb2 as pb
 
 OperatorOpt = Annotated[
@@ -303,7 +303,7 @@ def register(app: typer.Typer) -> None:
             lambda snap: list(snap.risk.limits),
             "limits",
             ["limit", "value", "used", "utilisation"],
-            lambda lim: [lim.name, _num(lim.value), _num(lim.used), _utilisation(lim)],
+            lambda lim: [lim.name, num(lim.value, ",.2f"), num(lim.used, ",.2f"), _utilisation(lim)],
         )
 
     @app.command()
@@ -328,7 +328,10 @@ def register(app: typer.Typer) -> None:
                     ("unrealized P&L", f"{r.unrealized_pnl:,.2f}"),
                     ("fees", f"{r.fees:,.2f}"),
                     *(
-                        (lim.name, f"{_num(lim.used)} of {_num(lim.value)} ({_utilisation(lim)})")
+                        (
+                            lim.name,
+                            f"{num(lim.used, ',.2f')} of {num(lim.value, ',.2f')} ({_utilisation(lim)})",
+                        )
                         for lim in r.limits
                     ),
                 ],
@@ -415,25 +418,21 @@ def register(app: typer.Typer) -> None:
                 "theta",
             ],
             lambda p: [
-                f"{p.expiry} {p.strike:g}{'C' if p.right == pb.CALL else 'P'}",
+                f"{p.expiry} {contract(p.strike, p.right)}",
                 str(p.quantity),
                 p.avg_cost,
-                _num(p.mark),
-                _num(p.unrealized),
-                _num(p.realized),
-                _num(p.delta),
-                _num(p.gamma, 4),
-                _num(p.vega),
-                _num(p.theta),
+                num(p.mark, ",.2f"),
+                num(p.unrealized, ",.2f"),
+                num(p.realized, ",.2f"),
+                num(p.delta, ",.2f"),
+                num(p.gamma, ",.4f"),
+                num(p.vega, ",.2f"),
+                num(p.theta, ",.2f"),
             ],
         )
 
 
 FINAL_ORDER_STATES = frozenset({"filled", "cancelled", "rejected", "expired"})
-
-
-def _num(x: float, digits: int = 2) -> str:
-    return f"{x:,.{digits}f}" if math.isfinite(x) else "-"
 
 
 def _utilisation(lim: pb.Limit) -> str:
