@@ -81,7 +81,10 @@ def sim_agent(start_agent: AgentFactory) -> AgentThread:
 
 
 async def eventually(
-    check: Callable[[], Awaitable[bool]] | Callable[[], bool], timeout: float = 10.0, every: float = 0.05
+    check: Callable[[], Awaitable[bool]] | Callable[[], bool],
+    timeout: float = 10.0,
+    every: float = 0.05,
+    what: str = "condition",
 ) -> None:
     """Wait until ``check()`` is true (sync or async), failing the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -92,7 +95,7 @@ async def eventually(
         if result:
             return
         if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s")
+            pytest.fail(f"{what} not met within {timeout} s")
         await asyncio.sleep(every)
 
 

@@ -14,14 +14,12 @@ from textual.app import App
 
 from console.app import ConsoleApp
 from console.config import AgentTarget, ConsoleConfig
+from tests.conftest import eventually
 
 
 async def wait_for(cond: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not cond():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s")
-        await asyncio.sleep(0.05)
+    """``eventually`` with the console tests' longer default (an app and an agent in one process)."""
+    await eventually(cond, timeout, what=what)
 
 
 def screen_text(app: App[Any]) -> str:

@@ -3,8 +3,7 @@ the replay agent embedded as ``--replay`` runs it, driven by the replay keys."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from console.replay import GoToTimeDialog, ReplayBar, ReplayConsoleApp, start_re
 from proto.spyops.v1 import spyops_pb2 as pb
 from tests.agent.test_replay import fold, make_recording
 from tests.conftest import CSV_0317
+from tests.console.console_helpers import wait_for
 
 MINUTE = 60 * 1_000_000_000
 
@@ -34,14 +34,6 @@ def replay(recording: Path) -> Iterator[tuple[AgentThread, ReplayControl]]:
     handle, control = start_replay_agent(recording, 2.0)
     yield handle, control
     handle.stop()
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not cond():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 def screen_text(app: ReplayConsoleApp) -> str:

@@ -12,17 +12,14 @@ from typing import Any, cast
 import pytest
 from ib_async import IB, ComboLeg, Contract, ExecutionFilter, LimitOrder, MarketOrder, Option, Stock
 
+from tests.conftest import eventually
 from tests.ib.fake_tws import STOCK_CON_ID, FakeFaults, FakeTWS, FakeTWSThread
 
 TIMEOUT = 3.0
 
 
 async def until(check: Callable[[], Any], timeout: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.01)
+    await eventually(check, timeout, every=0.01)
 
 
 class Errors:
