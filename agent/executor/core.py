@@ -29,7 +29,6 @@ from agent.executor.broker import Broker
 from agent.executor.fencing import NotLeaderError
 from agent.executor.journal import Journal
 from agent.executor.orders import (
-    ZERO,
     Applied,
     CancelRequested,
     CommissionCorrected,
@@ -156,12 +155,9 @@ class OrderFlow:
             return None
         if isinstance(report, OrderFilled):
             self.crash_hook("fill_received")
-            fill = report.fill
-            booked = self.orders[fill.client_order_id].fills.get(fill.exec_id)
-            if booked is not None and fill.commission > ZERO and booked.commission != fill.commission:
-                report = CommissionCorrected(
-                    fill.client_order_id, fill.exec_id, fill.commission, self.clock()
-                )
+            correction = self.orders[report.client_order_id].commission_correction(report.fill, self.clock())
+            if correction is not None:
+                report = correction
         return self._book(report)
 
     def _book(self, report: OrderReport) -> Applied:

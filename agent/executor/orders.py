@@ -529,6 +529,15 @@ class Order:
                     self._move(S.REJECTED)
         return Applied(Outcome.APPLIED, self.state)
 
+    def commission_correction(self, fill: Fill, ts_ns: int) -> CommissionCorrected | None:
+        """An execution the broker lists again with another (reported, non-zero) commission than the
+        one booked: the correction to book. None if ``fill`` is not booked or agrees; a zero commission
+        means "not reported yet", never a correction to zero."""
+        booked = self.fills.get(fill.exec_id)
+        if booked is None or fill.commission <= ZERO or booked.commission == fill.commission:
+            return None
+        return CommissionCorrected(fill.client_order_id, fill.exec_id, fill.commission, ts_ns)
+
     def corrects(self, report: CommissionCorrected) -> bool:
         """Whether ``report`` would change a booked fill's commission (False: a repeat or unknown)."""
         fill = self.fills.get(report.exec_id)

@@ -31,8 +31,6 @@ from dataclasses import dataclass, field
 from agent.domain import Notice, NoticeLevel
 from agent.executor.broker import BrokerOrder, BrokerPosition
 from agent.executor.orders import (
-    ZERO,
-    CommissionCorrected,
     Fill,
     Order,
     OrderAccepted,
@@ -101,8 +99,8 @@ def reconcile(
         if owner is None:
             unexplained.append(f"broker execution {f.exec_id} belongs to unknown order {f.client_order_id}")
         elif f.exec_id in owner.fills:
-            if f.commission > ZERO and owner.fills[f.exec_id].commission != f.commission:
-                book(CommissionCorrected(f.client_order_id, f.exec_id, f.commission, now_ns))
+            if (correction := owner.commission_correction(f, now_ns)) is not None:
+                book(correction)
                 counts["commission_corrections"] += 1
         else:
             before = len(reports)
