@@ -356,12 +356,18 @@ class IBBroker:
             "could not read IB's orders after connecting: orders are not sent until the next reconnect",
         )
 
-    async def _resync(self, first: bool) -> None:
+    async def _reread(self, executions: bool = True) -> tuple[list[Any], list[Any], list[Any]]:
+        """IB's open and completed orders and (if asked) today's executions. Their messages settle
+        every known order's state through the taps; the lists are for the caller's own checks."""
         opens = await self._req(self.ib.reqAllOpenOrdersAsync(), "open orders")
         done = await self._req(self.ib.reqCompletedOrdersAsync(False), "completed orders")
-        fills = await self._req(self.ib.reqExecutionsAsync(), "executions")
-        at_server = {t.order.orderRef for t in [*(opens or ()), *(done or ())]}
-        at_server |= {f.execution.orderRef for f in fills or ()}
+        fills = await self._req(self.ib.reqExecutionsAsync(), "executions") if executions else []
+        return list(opens or ()), list(done or ()), list(fills or ())
+
+    async def _resync(self, first: bool) -> None:
+        opens, done, fills = await self._reread()
+        at_server = {t.order.orderRef for t in [*opens, *done]}
+        at_server |= {f.execution.orderRef for f in fills}
         lost = [k for k in self.known.values() if k.sent_here and not k.closed and k.cid not in at_server]
         for k in lost:
             k.closed = True
@@ -385,8 +391,8 @@ class IBBroker:
             self.conn.notice(
                 NoticeLevel.INFO,
                 "broker.resynced",
-                f"IB orders re-read after reconnect: {len(opens or ())} open, {len(done or ())} completed, "
-                f"{len(fills or ())} executions today",
+                f"IB orders re-read after reconnect: {len(opens)} open, {len(done)} completed, "
+                f"{len(fills)} executions today",
             )
 
     def _on_disconnected(self) -> None:
@@ -399,9 +405,7 @@ class IBBroker:
         if not self.conn.is_connected():
             return  # the reconnect sync reads everything anyway
         try:
-            await self._req(self.ib.reqAllOpenOrdersAsync(), "open orders")
-            await self._req(self.ib.reqCompletedOrdersAsync(False), "completed orders")
-            await self._req(self.ib.reqExecutionsAsync(), "executions")
+            await self._reread()
         except BrokerError as exc:
             log.warning("IB broker: re-reading orders after %s failed: %s", 1101 if data_lost else 1102, exc)
             return
@@ -442,9 +446,7 @@ class IBBroker:
         while self.conn.is_connected() and self._foreign_open():
             await asyncio.sleep(FOREIGN_POLL_S)
             try:
-                await self._req(self.ib.reqExecutionsAsync(), "executions")
-                await self._req(self.ib.reqAllOpenOrdersAsync(), "open orders")
-                await self._req(self.ib.reqCompletedOrdersAsync(False), "completed orders")
+                await self._reread()
             except BrokerError as exc:
                 log.warning("IB broker: polling foreign orders failed: %s", exc)
 
@@ -680,12 +682,11 @@ class IBBroker:
             if not self.conn.is_connected():
                 return  # the reconnect sync reads everything anyway
             try:
-                opens = await self._req(self.ib.reqAllOpenOrdersAsync(), "open orders")
-                done = await self._req(self.ib.reqCompletedOrdersAsync(False), "completed orders")
+                opens, done, _ = await self._reread(executions=False)
             except BrokerError as exc:
                 log.warning("IB broker: verification failed: %s", exc)
                 return
-            at_server = {t.order.orderRef for t in [*(opens or ()), *(done or ())]}
+            at_server = {t.order.orderRef for t in [*opens, *done]}
             for cid in suspects:
                 k = self.known.get(cid)
                 if k is not None and not k.closed and not k.acked and cid not in at_server:
@@ -746,9 +747,14 @@ class IBBroker:
                 OrderRejected(cid, self.clock_ns(), f"not sent: not connected to IB at {self.conn.address}")
             )
             return
-        stale = self._stale_legs(intent)
-        if stale:
-            self._emit(OrderRejected(cid, self.clock_ns(), f"not sent: {stale}"))
+        if not self.conn.ib_link_up:  # (a quote from before a gap is refused by the pre-trade check)
+            self._emit(
+                OrderRejected(
+                    cid,
+                    self.clock_ns(),
+                    "not sent: IB Gateway has lost its link to IB (1100): quotes are stale",
+                )
+            )
             return
         try:
             contract = await self._ib_contract(intent)
@@ -786,19 +792,6 @@ class IBBroker:
         if math.isfinite(k.limit) and abs(k.limit) < 1e12 and abs(k.limit - float(intent.limit_price)) > 1e-9:
             out.append(f"limit {k.limit:g} at IB, {intent.limit_price} here")
         return ", ".join(out)
-
-    def _stale_legs(self, intent: OrderIntent) -> str:
-        """Why the order must not go out on the quotes it was priced from ('' when it may)."""
-        if not self.conn.ib_link_up:
-            return "IB Gateway has lost its link to IB (1100): quotes are stale"
-        stale = [
-            leg.contract.osi.strip()
-            for leg in intent.legs
-            if (leg.contract.strike, leg.contract.right.value) in self.conn.stale_quotes
-        ]
-        if stale:
-            return f"quote of {', '.join(stale)} is stale (not refreshed since the IB connectivity gap)"
-        return ""
 
     async def _con_id(self, c: OptionContract) -> int:
         if c.con_id:

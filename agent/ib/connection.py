@@ -174,9 +174,6 @@ class IBConnection:
         self.connects = 0
         self.farms: dict[str, str] = {}
         self.con_ids: dict[tuple[str, float, str], int] = {}  # (expiry, strike, right) -> conId, shared cache
-        # (strike, right) of today's quotes held from before a connectivity gap and not refreshed since:
-        # kept by the IB feed, read by the IB broker, which sends no order on them
-        self.stale_quotes: set[tuple[float, str]] = set()
         self._rng = random.Random(seed)
         self._task: asyncio.Task[None] | None = None
         self._dropped: asyncio.Event = asyncio.Event()

@@ -185,7 +185,9 @@ class IBFeed:
         self._pending: set[Any] = set()
         self._flush_handle: asyncio.Handle | None = None
         self._last: dict[Key, OptionQuote] = {}
-        self._stale: set[Key] = conn.stale_quotes  # shared: the broker sends nothing on a stale quote
+        # quotes held from before a connectivity gap and not refreshed since: published flagged STALE,
+        # which the executor's pre-trade check refuses to trade on
+        self._stale: set[Key] = set()
         self._gap = False
         self._not_subscribed = False
         self._seen_type: int | None = None
@@ -252,10 +254,9 @@ class IBFeed:
                 log.warning("feed set-up interrupted: %s", exc)
         try:
             await asyncio.Event().wait()
-        finally:
+        finally:  # the connection is the runtime's (shared with the broker): it closes it
             if self._window_task is not None:
                 self._window_task.cancel()
-            await self.conn.close()
 
     async def _on_connected(self, first: bool) -> None:
         if self._setup_for == self.conn.connects:
