@@ -19,7 +19,13 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.pricing._jit import njit, warm
-from agent.pricing._kernels import black_price, black_price_vega, iv_one, pricing_kernels_ready
+from agent.pricing._kernels import (
+    ONE_OVER_SQRT_TWO_PI,
+    black_price,
+    black_price_vega,
+    iv_one,
+    pricing_kernels_ready,
+)
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -28,7 +34,6 @@ BoolArray = npt.NDArray[np.bool_]
 _TUKEY_C = 4.685
 _SVI_SCALE_FLOOR = 0.5
 """``agent.detector.smile``'s least scale of the SVI robust weights, in half-spreads."""
-ONE_OVER_SQRT_TWO_PI = 0.3989422804014326779399460599343818684758586311649
 SLACK = 1e-9
 """Dollars by which a kernel's "can this rule fire" test is looser than the rule itself."""
 

@@ -288,9 +288,7 @@ class Detector:
                 if fit_iv is None and good.any():
                     fit_iv = np.full(n, float(np.median(ca.vol[good])))
             if fit_iv is not None:
-                greeks = black76_greeks(
-                    forward, k[None, :], tau, fit_iv[None, :], np.array([[True], [False]]), disc
-                )
+                greeks = black76_greeks(forward, k[None, :], tau, fit_iv[None, :], _CALL_ROW, disc)
 
         # stale quotes (need the fitted vols): the value each unchanged quote should have now, against
         # its value when it last changed (a full revaluation with the smile moving with the forward,

@@ -173,10 +173,7 @@ class SviFitter:
         warm = prev is not None and self._since_full < self._full_every - 1
         m0 = s0 = 0.0
         if self._m_x is None or self._s_x is None:
-            ms = np.linspace(-1.5, 1.5, 13)
-            ss = np.geomspace(0.05, 4.0, 13)
-            mg, sg = np.meshgrid(ms, ss, indexing="ij")
-            cand_m, cand_s = mg.ravel(), sg.ravel()
+            cand_m, cand_s = _GRID_M, _GRID_S
             self._dm, self._ds = 0.25, 0.35
         else:
             m0, s0 = self._m_x / theta, self._s_x / theta
