@@ -105,6 +105,14 @@ def bar_text(name: str, st: ReplayStatus) -> Text:
 class ReplayBar(Static):
     """The replay's position, span, speed and state, one line at the bottom of a screen."""
 
+    def __init__(self, text: Text, id: str | None = None) -> None:
+        super().__init__(text, id=id)
+        self.shown = text.plain
+
+    def update(self, content: Any = "", *, layout: bool = True) -> None:
+        super().update(content, layout=layout)
+        self.shown = content.plain if isinstance(content, Text) else str(content)
+
     DEFAULT_CSS = """
     ReplayBar {
         dock: bottom;
@@ -170,7 +178,6 @@ class ReplayConsoleApp(ConsoleApp):
         super().__init__(target, demo=demo)
         self.replay = control
         self.replay_name = name
-        self._bar_text = ""
 
     def on_mount(self) -> None:  # Textual runs ConsoleApp.on_mount as well (handlers of every class)
         self.set_interval(BAR_REFRESH_S, self.refresh_replay_bar)
@@ -190,9 +197,10 @@ class ReplayConsoleApp(ConsoleApp):
             if screen.query(Footer) or screen.query("#keys"):
                 bar.styles.margin = (0, 0, 1, 0)  # above the key line, which docks at the bottom too
             screen.mount(bar)
-        elif text.plain != self._bar_text:
-            bars.first().update(text)
-        self._bar_text = text.plain
+        else:
+            bar = bars.first()
+            if text.plain != bar.shown:  # each screen's bar: one left behind catches up when shown
+                bar.update(text)
 
     def palette_commands(self) -> list[tuple[str, str, Callable[[], Any]]]:
         replay: list[tuple[str, str, Callable[[], Any]]] = [
