@@ -148,7 +148,6 @@ class ConsoleApp(App[None]):
         # the last command whose answer never came (it may or may not have run): r resends it, same key
         self.unanswered: tuple[AgentView, ActionResult] | None = None
         self.current = "chain"
-        self.screen_switches = 0
 
     # ------------------------------------------------------------------ compatibility
 
@@ -156,10 +155,6 @@ class ConsoleApp(App[None]):
     def view(self) -> AgentView:
         """The agent whose market data is shown."""
         return self.model.market()
-
-    @property
-    def target(self) -> str:
-        return self.config.agents[0].address
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -239,7 +234,7 @@ class ConsoleApp(App[None]):
                 view.info_error = str(exc)
             else:
                 view.info, view.info_latency_ms = info, (time.perf_counter() - t0) * 1000
-                view.info_error, view.info_at = "", time.time()
+                view.info_error = ""
                 view.bump("info")
             await asyncio.sleep(INFO_EVERY_S)
 
@@ -260,7 +255,6 @@ class ConsoleApp(App[None]):
         if not isinstance(self.screen, ConsoleScreen):
             return
         self.current = name
-        self.screen_switches += 1
         self.switch_screen(name)
 
     def palette_commands(self) -> list[tuple[str, str, Callable[[], Any]]]:

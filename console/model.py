@@ -86,7 +86,6 @@ class AgentView:
     info: pb.AgentInfo | None = None
     info_latency_ms: float = math.nan
     info_error: str = ""
-    info_at: float = 0.0  # time.time() of the last GetInfo answer
 
     def __post_init__(self) -> None:
         self.name = self.name or self.target

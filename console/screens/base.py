@@ -155,40 +155,34 @@ class Table(DataTable[Any]):
         super().__init__(id=id, cursor_type=cursor_type, zebra_stripes=True)  # type: ignore[arg-type]
         self._columns = columns
         self.drawn: dict[str, tuple[Any, ...]] = {}
-        self.cells_written = 0
 
     def on_mount(self) -> None:
         for col in self._columns:
             self.add_column(col, key=col)
 
-    def sync(self, rows: list[tuple[str, tuple[Any, ...]]]) -> int:
+    def sync(self, rows: list[tuple[str, tuple[Any, ...]]]) -> None:
         """Show ``rows`` ((key, cells) in order), touching only what differs: the same keys in the same
         order update only the changed cells; otherwise the table is rebuilt and the cursor stays on the
-        same key when it is still there. Returns the number of cells written."""
+        same key when it is still there."""
         keys = [k for k, _ in rows]
-        written = 0
+        drawn = {key: tuple(_sig(c) for c in cells) for key, cells in rows}
         if keys == list(self.drawn):
             for key, cells in rows:
-                before = self.drawn[key]
-                sigs = tuple(_sig(c) for c in cells)
+                before, sigs = self.drawn[key], drawn[key]
                 if before == sigs:
                     continue
                 row = self.get_row_index(key)
                 for col, (old, new) in enumerate(zip(before, sigs, strict=True)):
                     if old != new:
                         self.update_cell_at(Coordinate(row, col), cells[col])
-                        written += 1
         else:
             cursor_key = self.selected_key()
             self.clear()
             for key, cells in rows:
                 self.add_row(*cells, key=key)
-                written += len(cells)
             if cursor_key in keys:
                 self.move_cursor(row=keys.index(cursor_key), animate=False)
-        self.drawn = {key: tuple(_sig(c) for c in cells) for key, cells in rows}
-        self.cells_written += written
-        return written
+        self.drawn = drawn
 
     def selected_key(self) -> str | None:
         """The key of the row under the cursor (None for an empty table)."""

@@ -60,8 +60,8 @@ KIND_TAG = {
     "stale": "t",
 }
 SIGNAL_COLUMNS = ("Kind", "Status", "Edge $", "Explanation")
-FULL_REFRESH_S = 1.0
-SIGNALS_EVERY_S = 0.5  # the signals panel under the ladder: at most twice a second  # IV and delta drift with time even when quotes do not move
+FULL_REFRESH_S = 1.0  # IV and delta drift with time even when quotes do not move
+SIGNALS_EVERY_S = 0.5  # the signals panel under the ladder: at most twice a second
 
 Cell = tuple[str, str]  # (text, style)
 
@@ -178,18 +178,6 @@ def ladder_row(
     )
 
 
-def cell_text(cell: Cell, column: int) -> Text:
-    return Text(cell[0], style=cell[1], justify="center" if column == STRIKE_COL else "right")
-
-
-def ladder_cells(
-    view: AgentView, strike: float, atm: bool, flagged: dict[tuple[float, int], pb.Signal] | None = None
-) -> list[Text]:
-    """The cells of one ladder row, without IV and delta (for callers that only need the quotes)."""
-    row = ladder_row(view, strike, atm, flagged or {}, {})
-    return [cell_text(cell, i) for i, cell in enumerate(row)]
-
-
 class ChainScreen(ConsoleScreen):
     TITLE = "Chain"
     BINDINGS = [
@@ -230,14 +218,7 @@ class ChainScreen(ConsoleScreen):
         super().on_mount()
         self.query_one("#ladder", Ladder).focus()
 
-    def set_connection(self, state: ConnectionState, detail: str) -> None:
-        """Kept for callers of the one-agent console: the state lives in the model now."""
-        self.view.state, self.view.state_detail = state, detail
-        self.redraw(force=True)
-
     def action_center(self) -> None:
-        self._atm = None
-        self.view.structure_changed = True
         table = self.query_one("#ladder", Ladder)
         self._rebuild(table, self.view.atm_strike(), center=True)
 
@@ -282,10 +263,16 @@ class ChainScreen(ConsoleScreen):
             self._market, structure = view, True
         if structure or atm != self._atm or force:
             self._rebuild(table, atm)
-        elif chain_rev != self._chain_rev or signals_rev != self._signals_rev or now - self._last_full > 1:
+            self._last_full = now
+        elif (
+            chain_rev != self._chain_rev
+            or signals_rev != self._signals_rev
+            or now - self._last_full > FULL_REFRESH_S
+        ):
             # (IV and delta drift with the clock: every row is recomputed at least once a second)
             self._update_rows(table, self._rows(atm))
-        self._chain_rev, self._last_full = chain_rev, now
+            self._last_full = now
+        self._chain_rev = chain_rev
         if force or (signals_rev != self._signals_rev and now - self._signals_at >= SIGNALS_EVERY_S):
             self._signals_rev, self._signals_at = signals_rev, now
             self._draw_signals()

@@ -6,6 +6,7 @@ They show the leading executor (or the only one); with no executor connected the
 from __future__ import annotations
 
 import math
+from itertools import islice
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -158,8 +159,8 @@ class OrdersScreen(TradingScreen):
                         _right(f.commission),
                     ),
                 )
-                for i, f in enumerate(reversed(ex.fills))
-            ][:300]
+                for i, f in enumerate(islice(reversed(ex.fills), 300))
+            ]
         )
         fills.border_title = f"Fills ({len(ex.fills)})"
 

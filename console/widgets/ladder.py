@@ -84,7 +84,6 @@ class Ladder(Widget, can_focus=True):
         self.cursor_column = cursor_column
         self.top = 0
         self._lines: dict[int, tuple[object, Strip]] = {}
-        self.lines_rendered = 0  # rows rendered (cache misses), for benchmarks
         self.rows_updated = 0
 
     # ------------------------------------------------------------------ data
@@ -205,7 +204,6 @@ class Ladder(Widget, can_focus=True):
             segments.append(Segment(_fit(text, column.width, column.justify), style))
         strip = Strip(segments).adjust_cell_length(width, base)
         self._lines[index] = (signature, strip)
-        self.lines_rendered += 1
         return strip
 
     def on_focus(self) -> None:
