@@ -122,14 +122,12 @@ class ConsoleApp(App[None]):
     def __init__(
         self,
         config: ConsoleConfig | str,
-        demo: AgentThread | None = None,
         *,
         connect: bool = True,
         model: ConsoleModel | None = None,
     ) -> None:
         super().__init__()
         self.config = _one_agent(config) if isinstance(config, str) else config
-        self.demo = demo
         self.connect = connect
         self.model = model or ConsoleModel(
             [AgentView(target=t.address, name=t.name) for t in self.config.agents]
@@ -186,8 +184,6 @@ class ConsoleApp(App[None]):
                 await client.close()
             except Exception:  # closing on the way out: nothing to report to
                 log.debug("closing the client failed", exc_info=True)
-        if self.demo is not None:
-            self.demo.stop()
 
     def redraw(self) -> None:
         """The frame timer: redraw the console screen on top (under a dialog, the one below it)."""
@@ -618,7 +614,7 @@ def console_command(
             typer.echo(f"spy-console: {exc}", err=True)
             raise typer.Exit(2) from None
     try:
-        ConsoleApp(console_config, demo=handle).run()
+        ConsoleApp(console_config).run()  # the embedded agent, if any, stops below
     finally:
         if handle is not None:
             handle.stop()

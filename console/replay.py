@@ -172,10 +172,8 @@ class ReplayConsoleApp(ConsoleApp):
         Binding("g", "replay_goto", "Go to time"),
     ]
 
-    def __init__(
-        self, target: str, control: ReplayControl, name: str, demo: AgentThread | None = None
-    ) -> None:
-        super().__init__(target, demo=demo)
+    def __init__(self, target: str, control: ReplayControl, name: str) -> None:
+        super().__init__(target)
         self.replay = control
         self.replay_name = name
 
@@ -273,7 +271,7 @@ def run_replay_console(path: Path, speed: float | None) -> int:
         typer.echo(f"spy-console: cannot replay {path}: {exc}", err=True)
         return 3
     try:
-        ReplayConsoleApp(handle.address, control, path.name, demo=handle).run()
+        ReplayConsoleApp(handle.address, control, path.name).run()
     finally:
         handle.stop()
     return 0
