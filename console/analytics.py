@@ -62,11 +62,21 @@ def implied_vol(
     intrinsic = np.where(call, np.maximum(forward - strike, 0.0), np.maximum(strike - forward, 0.0))
     upper = np.where(call, forward, strike)
     ok = np.isfinite(prices) & (prices > intrinsic) & (prices < upper) & (strike > 0)
+    # what does not move across iterations, once; calls and puts in one formula, s = +1 / -1:
+    # s * (F N(s d1) - K N(s d2)), the same arithmetic as black76 with half its ndtr calls
+    sign = np.where(call, 1.0, -1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_fk = np.log(forward / strike)
+    sqrt_tau = math.sqrt(tau)
     lo = np.full(n, math.log(1e-3))
     hi = np.full(n, math.log(20.0))
     for _ in range(_ITERATIONS):
         mid = 0.5 * (lo + hi)
-        above = black76(forward, strike, tau, np.exp(mid), call) > prices
+        v = np.exp(mid) * sqrt_tau
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d1 = (log_fk + 0.5 * v * v) / v
+        model = sign * (forward * ndtr(sign * d1) - strike * ndtr(sign * (d1 - v)))
+        above = model > prices
         hi = np.where(above, mid, hi)
         lo = np.where(above, lo, mid)
     vol: FloatArray = np.where(ok, np.exp(0.5 * (lo + hi)), np.nan)
